@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The content-addressed object store and the verification engine.
+ * No byte of an object is returned by cfs_object_pread() unless it has been
+ * verified against the fs-verity digest the caller expects (kernel fs-verity,
+ * or the userspace Merkle tree), unless verification was turned off.
+ * Thread-safe: a cas and its objects may be used from many threads.
+ * Errors are negative errno values.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "../format/cfs-util.h"
+
+#define CFS_VERITY_BLOCK_SIZE 4096
+
+enum cfs_verify_method {
+	CFS_VERIFY_OFF,       /* caller asked for no verification */
+	CFS_VERIFY_KERNEL,    /* backing file has fs-verity, measured digest matched */
+	CFS_VERIFY_USERSPACE, /* our Merkle tree, checked per block on read */
+};
+const char *cfs_verify_method_name(enum cfs_verify_method m);
+
+/* The kernel fs-verity interface, replaceable so tests can stand in for it. */
+struct cfs_verity_ops {
+	/* FS_IOC_MEASURE_VERITY: 0 and the SHA-256 digest; -ENODATA if verity
+	 * is not enabled on the file; -EOPNOTSUPP/-ENOTTY if unsupported. */
+	int (*measure)(void *userdata, int fd, uint8_t ret_digest[CFS_DIGEST_SIZE]);
+	/* FS_IOC_ENABLE_VERITY (SHA-256, 4096-byte blocks). */
+	int (*enable)(void *userdata, int fd);
+	void *userdata;
+};
+extern const struct cfs_verity_ops cfs_verity_kernel_ops;
+
+enum cfs_io_backend {
+	CFS_IO_AUTO,    /* io_uring if it works, else pread */
+	CFS_IO_URING,
+	CFS_IO_PREAD,
+};
+
+struct cfs_cas_options {
+	bool verify;                          /* false: method OFF for every object */
+	const struct cfs_verity_ops *verity;  /* NULL: cfs_verity_kernel_ops */
+	const char *tree_cache_dir;           /* NULL: do not persist Merkle trees */
+	uint64_t tree_cache_bytes;            /* in-memory tree LRU bound; 0: default */
+	enum cfs_io_backend io;
+};
+
+struct cfs_cas;
+struct cfs_object;
+
+/* @basedirs: one or more directories separated by ':', searched in order. */
+int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struct cfs_cas **ret_cas);
+struct cfs_cas *cfs_cas_unref(struct cfs_cas *cas); /* takes NULL, returns NULL */
+CFS_DEFINE_CLEANUP(struct cfs_cas *, cfs_cas_unref)
+/* "io_uring" or "pread": the backend chosen at run time. */
+const char *cfs_cas_io_backend(const struct cfs_cas *cas);
+
+/* Open the object at @redirect (image path, "/xx/yyyy..." or "xx/yyyy...",
+ * not NUL-terminated) beneath one of the base directories, never outside
+ * them.  @digest is the expected fs-verity digest or NULL if the image has
+ * none; @size is the file size recorded in the image.  Objects with the same
+ * path share one verified state.  Errors: -ENOENT (missing), -EPERM (path
+ * escapes the store or is a symlink), -EIO (digest or size mismatch),
+ * -EINVAL (redirect and digest disagree). */
+int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redirect_len,
+			const uint8_t *digest, uint64_t size, struct cfs_object **ret_obj);
+struct cfs_object *cfs_object_ref(struct cfs_object *obj);
+struct cfs_object *cfs_object_unref(struct cfs_object *obj); /* takes NULL, returns NULL */
+CFS_DEFINE_CLEANUP(struct cfs_object *, cfs_object_unref)
+
+/* Read verified data.  Returns bytes read (short only at EOF), or -EIO if
+ * any covered block fails verification (no data from it is returned). */
+ssize_t cfs_object_pread(struct cfs_object *obj, void *buf, size_t len, uint64_t off);
+enum cfs_verify_method cfs_object_method(const struct cfs_object *obj);
+int cfs_object_fd(const struct cfs_object *obj); /* borrowed, O_RDONLY */
+uint64_t cfs_object_size(const struct cfs_object *obj);
+
+/* fs-verity digest (SHA-256, 4096-byte blocks, no salt) via libfsverity. */
+int cfs_fsverity_digest_fd(int fd, uint8_t ret_digest[CFS_DIGEST_SIZE]);
+int cfs_fsverity_digest_mem(const void *data, size_t size, uint8_t ret_digest[CFS_DIGEST_SIZE]);
+
+/* Put the content of @src_fd into the store at @store_dir under @digest
+ * (xx/yyyy...): reflink where possible, else copy; write a temporary file
+ * then rename, never overwrite an existing object; enable fs-verity where
+ * the filesystem supports it (failure to do so is not an error). */
+int cfs_store_import(const char *store_dir, int src_fd, const uint8_t digest[CFS_DIGEST_SIZE]);

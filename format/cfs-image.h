@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Read-only access to a composefs image (an EROFS filesystem with a composefs
+ * header).  The image is hostile input: every offset is bounds-checked before
+ * it becomes a pointer, and every function returns -EFSCORRUPTED rather than
+ * reading out of bounds.  After cfs_img_open_*() succeeds the image is
+ * immutable and every accessor is lock-free and safe to call from any thread.
+ *
+ * Errors are negative errno values: -EFSCORRUPTED (corrupt image),
+ * -EOPNOTSUPP (unknown incompatible feature or unsupported layout),
+ * -ENOENT, -ENOTDIR, -ENODATA, -ERANGE, -ENOMEM, as documented per function.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cfs-util.h"
+
+#define CFS_MAGIC 0xd078629aU
+#define CFS_HEADER_VERSION 1
+#define CFS_HEADER_FLAGS_HAS_ACL (1U << 0)
+
+struct cfs_image;
+
+/* Image-wide facts, decoded from the composefs header and EROFS superblock. */
+struct cfs_img_info {
+	uint32_t header_version;    /* composefs header version (1) */
+	uint32_t header_flags;      /* CFS_HEADER_FLAGS_* */
+	uint32_t composefs_version; /* format version written (0 or 1) */
+	uint32_t blksz;             /* EROFS block size (4096) */
+	uint64_t root_nid;
+	uint64_t inodes;            /* superblock inode count */
+	uint64_t build_time;        /* mtime of compact inodes */
+	uint32_t build_time_nsec;
+	uint64_t image_size;
+};
+
+/* A decoded inode, host byte order.  Plain value, may be copied freely. */
+struct cfs_inode {
+	uint64_t nid;
+	uint32_t mode;      /* S_IFMT | permission bits, as stored */
+	uint32_t nlink;
+	uint32_t uid, gid;
+	dev_t rdev;         /* decoded device number for S_IFCHR/S_IFBLK */
+	uint64_t size;
+	int64_t mtime;
+	uint32_t mtime_nsec;
+
+	/* Reader internals: where the inode, its xattrs and data live. */
+	uint8_t datalayout;    /* EROFS_INODE_FLAT_PLAIN/INLINE/CHUNK_BASED */
+	uint16_t xattr_icount;
+	uint32_t inode_isize;  /* 32 (compact) or 64 (extended) */
+	uint32_t raw_blkaddr;  /* i_u: start block or chunk format */
+	uint64_t inode_off;    /* byte offset of the on-disk inode */
+};
+
+/* What an external (metacopy) regular file points at. */
+struct cfs_backing {
+	bool is_external;        /* has trusted.overlay.metacopy */
+	bool has_digest;         /* metacopy carries an fs-verity digest */
+	uint8_t digest[CFS_DIGEST_SIZE];
+	const char *redirect;    /* trusted.overlay.redirect value, borrowed from
+	                            the image, NOT NUL-terminated; NULL if absent */
+	size_t redirect_len;
+};
+
+/* Open: validate header, superblock, region bounds and the root inode.
+ * cfs_img_open_fd() reads the whole image into memory owned by the image
+ * (so later changes to the file cannot change what is served).
+ * cfs_img_open_mem() borrows @data, which must outlive the image.
+ * @flags: reserved, pass 0. */
+int cfs_img_open_fd(int fd, unsigned flags, struct cfs_image **ret_img);
+int cfs_img_open_mem(const void *data, size_t size, unsigned flags, struct cfs_image **ret_img);
+struct cfs_image *cfs_img_ref(struct cfs_image *img);
+struct cfs_image *cfs_img_unref(struct cfs_image *img); /* takes NULL, returns NULL */
+CFS_DEFINE_CLEANUP(struct cfs_image *, cfs_img_unref)
+
+/* The raw image bytes (for digest checks).  Borrowed. */
+const uint8_t *cfs_img_bytes(const struct cfs_image *img, size_t *ret_size);
+void cfs_img_get_info(const struct cfs_image *img, struct cfs_img_info *ret_info);
+uint64_t cfs_img_root_nid(const struct cfs_image *img);
+
+/* Decode inode @nid.  -EFSCORRUPTED if the nid is out of range or the inode
+ * is malformed (bad layout, size inconsistent with layout, ...). */
+int cfs_img_read_inode(const struct cfs_image *img, uint64_t nid, struct cfs_inode *ret_ino);
+
+/* Directories.  @name is not NUL-terminated.  Lookup is a binary search as
+ * in the kernel.  Returns 0 and the child's nid and DT_* type, -ENOENT,
+ * -ENOTDIR, or -EFSCORRUPTED. */
+int cfs_img_lookup(const struct cfs_image *img, const struct cfs_inode *dir, const char *name,
+		   size_t namelen, uint64_t *ret_nid, unsigned *ret_dtype);
+
+/* Called for each entry, including "." and "..".  @name is not
+ * NUL-terminated.  @next_cookie resumes iteration after this entry.  Return 0
+ * to continue, > 0 to stop (returned as is), < 0 to abort with that error. */
+typedef int (*cfs_dirent_fn)(void *userdata, const char *name, size_t namelen, uint64_t nid,
+			     unsigned dtype, uint64_t next_cookie);
+/* Iterate from @cookie (0 = first entry; otherwise a next_cookie seen
+ * before).  Resuming costs O(1) blocks, not O(entries). */
+int cfs_img_iterate_dir(const struct cfs_image *img, const struct cfs_inode *dir, uint64_t cookie,
+			cfs_dirent_fn fn, void *userdata);
+
+/* Copy up to @len bytes of file data at @off for inodes whose data lives in
+ * the image (inline/plain files, symlinks, directories).  Returns bytes
+ * copied (0 at EOF).  For chunk-based (external) files it returns zeros up to
+ * i_size, like plain EROFS. */
+ssize_t cfs_img_read(const struct cfs_image *img, const struct cfs_inode *ino, uint64_t off,
+		     void *buf, size_t len);
+
+/* Symlink target, NUL-terminated into @buf.  Returns its length, -EINVAL if
+ * not a symlink, -ERANGE if @bufsz is too small. */
+ssize_t cfs_img_readlink(const struct cfs_image *img, const struct cfs_inode *ino, char *buf,
+			 size_t bufsz);
+
+/* Called for each xattr, inline and shared, in on-disk order.  @name is the
+ * full NUL-terminated name with the prefix expanded ("trusted.overlay.x").
+ * @value is borrowed from the image.  Same return convention as above. */
+typedef int (*cfs_xattr_fn)(void *userdata, const char *name, const uint8_t *value,
+			    size_t value_len);
+int cfs_img_iterate_xattrs(const struct cfs_image *img, const struct cfs_inode *ino,
+			   cfs_xattr_fn fn, void *userdata);
+/* Look one xattr up by full name.  Returns 0 with a borrowed value, or -ENODATA. */
+int cfs_img_get_xattr(const struct cfs_image *img, const struct cfs_inode *ino, const char *name,
+		      const uint8_t **ret_value, size_t *ret_len);
+
+/* Decode trusted.overlay.metacopy / trusted.overlay.redirect.  A malformed
+ * metacopy (bad length, version or algorithm) is -EFSCORRUPTED. */
+int cfs_img_get_backing(const struct cfs_image *img, const struct cfs_inode *ino,
+			struct cfs_backing *ret_backing);
+
+/* Print the image as a composefs dump file, exactly as upstream
+ * `composefs-info dump` does. */
+int cfs_img_print_dump(const struct cfs_image *img, FILE *out);
