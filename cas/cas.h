@@ -42,13 +42,49 @@ enum cfs_io_backend {
 	CFS_IO_PREAD,
 };
 
+struct cfs_cas;
+struct cfs_object;
+
+/* Which verification method to try (with verify = true). */
+enum cfs_method_choice {
+	CFS_METHOD_AUTO,       /* kernel fs-verity if measurable, else userspace */
+	CFS_METHOD_USERSPACE,  /* never ask the kernel */
+	CFS_METHOD_KERNEL,     /* kernel only: objects it cannot measure fail */
+};
+
 struct cfs_cas_options {
 	bool verify;                          /* false: method OFF for every object */
 	const struct cfs_verity_ops *verity;  /* NULL: cfs_verity_kernel_ops */
-	const char *tree_cache_dir;           /* NULL: do not persist Merkle trees */
-	uint64_t tree_cache_bytes;            /* in-memory tree LRU bound; 0: default */
+	const char *tree_cache_dir;           /* NULL: do not persist Merkle trees;
+	                                         created (0700) if missing; must not be
+	                                         inside a basedir (-EINVAL) */
+	uint64_t tree_cache_bytes;            /* in-memory tree LRU bound; 0: 64 MiB */
 	enum cfs_io_backend io;
+	/* Added by the cas module (zero = the defaults): */
+	enum cfs_method_choice method;
+	bool require_digest;                  /* verify + no digest in the image: refuse
+	                                         (-ENOKEY) instead of method OFF */
+	uint64_t tree_cache_min_size;         /* persist trees of objects at least this
+	                                         large; 0: 256 KiB */
 };
+
+/* $XDG_CACHE_HOME/composefs-fuse, else $HOME/.cache/composefs-fuse
+ * (malloc'ed).  -ENOENT if neither variable is set. */
+int cfs_tree_cache_default_dir(char **ret_dir);
+
+/* Counters for logs and tests (monotonic, read without a lock). */
+struct cfs_cas_stats {
+	uint64_t objects_opened;     /* object states set up (not counting shared opens) */
+	uint64_t trees_built;        /* Merkle trees computed from object data */
+	uint64_t trees_from_memory;  /* trees reused from the in-memory LRU */
+	uint64_t trees_from_disk;    /* persisted trees that passed the check */
+	uint64_t trees_rejected;     /* persisted trees found corrupt and removed */
+	uint64_t trees_written;      /* persisted trees written */
+	uint64_t tree_write_errors;  /* persisting failed (not fatal) */
+	uint64_t blocks_failed;      /* data blocks refused on read */
+	uint64_t lru_bytes;          /* bytes held by the in-memory LRU now */
+};
+void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret_stats);
 
 struct cfs_cas;
 struct cfs_object;
@@ -66,7 +102,20 @@ const char *cfs_cas_io_backend(const struct cfs_cas *cas);
  * none; @size is the file size recorded in the image.  Objects with the same
  * path share one verified state.  Errors: -ENOENT (missing), -EPERM (path
  * escapes the store or is a symlink), -EIO (digest or size mismatch),
- * -EINVAL (redirect and digest disagree). */
+ * -EINVAL (redirect and digest disagree).
+ * More precisely (cas module):
+ * - @redirect may be NULL when @digest is given: the path is then the
+ *   digest's ("xx/yyyy...").  With both, the redirect must be that path.
+ * - The verification method is chosen here, once per object state: with
+ *   the userspace method the whole object is hashed here (or its tree is
+ *   taken from the cache), so the first open of a large object is slow.
+ * - -EPERM also for an object that is not a regular file (or a path with
+ *   "..", "." or empty components); -ENAMETOOLONG for an oversized path.
+ * - -ENOKEY: verify and require_digest are set and @digest is NULL.
+ * - -EIO: size differs from @size, the data does not hash to @digest, or
+ *   kernel fs-verity measured another digest.
+ * - -EOPNOTSUPP/-ENODATA/-ENOTTY: method KERNEL forced, kernel cannot measure.
+ * Thread-safe; concurrent opens of one object wait for a single setup. */
 int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redirect_len,
 			const uint8_t *digest, uint64_t size, struct cfs_object **ret_obj);
 struct cfs_object *cfs_object_ref(struct cfs_object *obj);
@@ -77,6 +126,10 @@ CFS_DEFINE_CLEANUP(struct cfs_object *, cfs_object_unref)
  * any covered block fails verification (no data from it is returned). */
 ssize_t cfs_object_pread(struct cfs_object *obj, void *buf, size_t len, uint64_t off);
 enum cfs_verify_method cfs_object_method(const struct cfs_object *obj);
+/* fsck: make sure every byte of the object matches its digest.  Free if the
+ * open just hashed the data to build the tree; otherwise (tree from a cache,
+ * or kernel fs-verity) reads and checks every block.  0, -EIO, or -errno. */
+int cfs_object_check_all(struct cfs_object *obj);
 int cfs_object_fd(const struct cfs_object *obj); /* borrowed, O_RDONLY */
 uint64_t cfs_object_size(const struct cfs_object *obj);
 

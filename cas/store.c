@@ -1,0 +1,516 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * The object store: base directories, safe resolution of redirect paths
+ * beneath them, and the table of open objects (one shared, refcounted,
+ * verified state per object).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "cas-internal.h"
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+static void cas_free(struct cfs_cas *cas)
+{
+	for (size_t i = 0; i < cas->n_basedirs; i++) {
+		if (cas->basedir_fds && cas->basedir_fds[i] >= 0)
+			close(cas->basedir_fds[i]);
+		if (cas->basedirs)
+			free(cas->basedirs[i]);
+	}
+	free(cas->basedirs);
+	free(cas->basedir_fds);
+	cfs_tree_cache_fini(&cas->trees);
+	cfs_io_fini(&cas->io);
+	free(cas->buckets);
+	free((char *)cas->opts.tree_cache_dir);
+	pthread_mutex_destroy(&cas->lock);
+	free(cas);
+}
+
+int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struct cfs_cas **ret_cas)
+{
+	struct cfs_cas *cas;
+	const char *p;
+	size_t n = 1;
+	int r;
+
+	if (!basedirs || !opts)
+		return -EINVAL;
+	for (p = basedirs; *p; p++)
+		n += *p == ':';
+
+	cas = calloc(1, sizeof(*cas));
+	if (!cas)
+		return -ENOMEM;
+	atomic_init(&cas->refcount, 1);
+	pthread_mutex_init(&cas->lock, NULL);
+	cas->opts = *opts;
+	cas->opts.tree_cache_dir = NULL;
+	cas->trees.dirfd = -1;
+	cas->verity = opts->verity ? *opts->verity : cfs_verity_kernel_ops;
+	cas->have_openat2 = true;
+	cas->basedirs = calloc(n, sizeof(char *));
+	cas->basedir_fds = malloc(n * sizeof(int));
+	cas->nbuckets = 256;
+	cas->buckets = calloc(cas->nbuckets, sizeof(*cas->buckets));
+	/* cfs_io_fini() must be safe from here on */
+	r = cfs_io_init(&cas->io, opts->io);
+	if (r < 0) {
+		pthread_mutex_init(&cas->io.lock, NULL);
+		goto fail;
+	}
+	r = -ENOMEM;
+	if (!cas->basedirs || !cas->basedir_fds || !cas->buckets)
+		goto fail;
+	if (opts->tree_cache_dir && !(cas->opts.tree_cache_dir = strdup(opts->tree_cache_dir)))
+		goto fail;
+
+	p = basedirs;
+	for (size_t i = 0; i < n; i++) {
+		const char *end = strchrnul(p, ':');
+
+		cas->basedir_fds[i] = -1;
+		cas->n_basedirs = i + 1;
+		r = -EINVAL;
+		if (end == p)
+			goto fail; /* empty component */
+		r = -ENOMEM;
+		cas->basedirs[i] = strndup(p, (size_t)(end - p));
+		if (!cas->basedirs[i])
+			goto fail;
+		cas->basedir_fds[i] = open(cas->basedirs[i], O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (cas->basedir_fds[i] < 0) {
+			r = -errno;
+			goto fail;
+		}
+		p = *end ? end + 1 : end;
+	}
+	r = cfs_tree_cache_init(&cas->trees, &cas->opts, (const char *const *)cas->basedirs, cas->n_basedirs);
+	if (r < 0)
+		goto fail;
+	*ret_cas = cas;
+	return 0;
+fail:
+	cas_free(cas);
+	return r;
+}
+
+static struct cfs_cas *cas_ref(struct cfs_cas *cas)
+{
+	atomic_fetch_add(&cas->refcount, 1);
+	return cas;
+}
+
+struct cfs_cas *cfs_cas_unref(struct cfs_cas *cas)
+{
+	if (cas && atomic_fetch_sub(&cas->refcount, 1) == 1)
+		cas_free(cas);
+	return NULL;
+}
+
+const char *cfs_cas_io_backend(const struct cfs_cas *cas)
+{
+	return cas->io.backend == CFS_IO_URING ? "io_uring" : "pread";
+}
+
+void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret)
+{
+	memset(ret, 0, sizeof(*ret));
+	ret->objects_opened = atomic_load(&cas->stats.objects_opened);
+	ret->trees_built = atomic_load(&cas->stats.trees_built);
+	ret->trees_from_memory = atomic_load(&cas->stats.trees_from_memory);
+	ret->trees_from_disk = atomic_load(&cas->stats.trees_from_disk);
+	ret->trees_rejected = atomic_load(&cas->stats.trees_rejected);
+	ret->trees_written = atomic_load(&cas->stats.trees_written);
+	ret->tree_write_errors = atomic_load(&cas->stats.tree_write_errors);
+	ret->blocks_failed = atomic_load(&cas->stats.blocks_failed);
+	pthread_mutex_lock(&cas->lock);
+	ret->lru_bytes = cas->trees.bytes;
+	pthread_mutex_unlock(&cas->lock);
+}
+
+int cfs_tree_cache_default_dir(char **ret_dir)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+	char *s = NULL;
+
+	/* XDG basedir spec: a relative XDG_CACHE_HOME is invalid, ignore it. */
+	if (xdg && xdg[0] == '/') {
+		if (asprintf(&s, "%s/composefs-fuse", xdg) < 0)
+			return -ENOMEM;
+	} else if (home && home[0] == '/') {
+		if (asprintf(&s, "%s/.cache/composefs-fuse", home) < 0)
+			return -ENOMEM;
+	} else {
+		return -ENOENT;
+	}
+	*ret_dir = s;
+	return 0;
+}
+
+/*
+ * Redirect paths from the image are hostile.  Accept "[/]comp/comp/...":
+ * one leading '/' is stripped (overlayfs redirects are absolute within the
+ * data layer); then no empty, "." or ".." component and no NUL byte.
+ */
+static int normalize_redirect(const char *redirect, size_t len, char **ret)
+{
+	const char *p, *end;
+	char *s;
+
+	if (len > 0 && redirect[0] == '/') {
+		redirect++;
+		len--;
+	}
+	if (len == 0)
+		return -EPERM;
+	if (len >= PATH_MAX)
+		return -ENAMETOOLONG;
+	if (memchr(redirect, '\0', len))
+		return -EPERM;
+	end = redirect + len;
+	for (p = redirect; p <= end;) {
+		const char *slash = memchr(p, '/', (size_t)(end - p));
+		size_t clen = (size_t)((slash ? slash : end) - p);
+
+		if (clen == 0 || (clen == 1 && p[0] == '.') || (clen == 2 && p[0] == '.' && p[1] == '.'))
+			return -EPERM;
+		if (clen > NAME_MAX)
+			return -ENAMETOOLONG;
+		if (!slash)
+			break;
+		p = slash + 1;
+	}
+	s = strndup(redirect, len);
+	if (!s)
+		return -ENOMEM;
+	*ret = s;
+	return 0;
+}
+
+static void digest_path(const uint8_t digest[CFS_DIGEST_SIZE], char out[2 * CFS_DIGEST_SIZE + 2])
+{
+	char hex[2 * CFS_DIGEST_SIZE + 1];
+
+	cfs_digest_to_hex(digest, hex);
+	out[0] = hex[0];
+	out[1] = hex[1];
+	out[2] = '/';
+	memcpy(out + 3, hex + 2, 2 * CFS_DIGEST_SIZE - 2 + 1);
+}
+
+static int map_resolve_error(int err)
+{
+	/* ELOOP: a symlink (RESOLVE_NO_SYMLINKS / O_NOFOLLOW); EXDEV: the
+	 * path would leave the base directory; ENOTDIR: a non-directory (or a
+	 * symlink) where a directory was needed. */
+	if (err == ELOOP || err == EXDEV || err == ENOTDIR)
+		return -EPERM;
+	return -err;
+}
+
+/* Fallback for kernels without openat2(): walk component by component,
+ * never following a symlink.  The path is already normalized. */
+static int open_walk(int dirfd, const char *path)
+{
+	_cleanup_close_ int cur = -EBADF;
+	const char *p = path;
+	int at = dirfd;
+
+	for (;;) {
+		const char *slash = strchr(p, '/');
+		char comp[NAME_MAX + 1];
+		size_t clen = slash ? (size_t)(slash - p) : strlen(p);
+		int fd;
+
+		if (clen == 0 || clen > NAME_MAX)
+			return -EPERM;
+		memcpy(comp, p, clen);
+		comp[clen] = '\0';
+		if (strcmp(comp, ".") == 0 || strcmp(comp, "..") == 0)
+			return -EPERM;
+		if (!slash) {
+			fd = openat(at, comp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+			return fd < 0 ? map_resolve_error(errno) : fd;
+		}
+		fd = openat(at, comp, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0)
+			return map_resolve_error(errno);
+		closep(&cur);
+		cur = fd;
+		at = fd;
+		p = slash + 1;
+	}
+}
+
+static int open_beneath(struct cfs_cas *cas, int dirfd, const char *path)
+{
+	if (__atomic_load_n(&cas->have_openat2, __ATOMIC_RELAXED)) {
+		struct open_how how = {
+			.flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
+			.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+		};
+		long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+
+		if (fd >= 0)
+			return (int)fd;
+		if (errno != ENOSYS)
+			return map_resolve_error(errno);
+		__atomic_store_n(&cas->have_openat2, false, __ATOMIC_RELAXED);
+	}
+	return open_walk(dirfd, path);
+}
+
+/* Open @path in the first base directory that has it. */
+static int open_in_store(struct cfs_cas *cas, const char *path, int *ret_fd)
+{
+	for (size_t i = 0; i < cas->n_basedirs; i++) {
+		int fd = open_beneath(cas, cas->basedir_fds[i], path);
+
+		if (fd == -ENOENT)
+			continue;
+		if (fd < 0)
+			return fd;
+		*ret_fd = fd;
+		return 0;
+	}
+	return -ENOENT;
+}
+
+static uint64_t key_hash(const char *key, bool has_digest)
+{
+	uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+
+	for (const char *p = key; *p; p++)
+		h = (h ^ (uint8_t)*p) * 0x100000001b3ULL;
+	return h ^ has_digest;
+}
+
+static void table_remove(struct cfs_cas *cas, struct cfs_object *obj)
+{
+	struct cfs_object **pp = &cas->buckets[obj->hash % cas->nbuckets];
+
+	for (; *pp; pp = &(*pp)->hash_next) {
+		if (*pp == obj) {
+			*pp = obj->hash_next;
+			obj->hash_next = NULL;
+			cas->nobjects--;
+			return;
+		}
+	}
+}
+
+static void table_grow(struct cfs_cas *cas)
+{
+	size_t n = cas->nbuckets * 2;
+	struct cfs_object **nb = calloc(n, sizeof(*nb));
+
+	if (!nb)
+		return;
+	for (size_t i = 0; i < cas->nbuckets; i++) {
+		for (struct cfs_object *o = cas->buckets[i], *next; o; o = next) {
+			next = o->hash_next;
+			o->hash_next = nb[o->hash % n];
+			nb[o->hash % n] = o;
+		}
+	}
+	free(cas->buckets);
+	cas->buckets = nb;
+	cas->nbuckets = n;
+}
+
+static void object_free(struct cfs_object *obj)
+{
+	if (obj->fd >= 0)
+		close(obj->fd);
+	cfs_merkle_free(obj->tree);
+	pthread_mutex_destroy(&obj->init_lock);
+	free(obj->key);
+	cfs_cas_unref(obj->cas);
+	free(obj);
+}
+
+struct cfs_object *cfs_object_ref(struct cfs_object *obj)
+{
+	if (obj)
+		atomic_fetch_add(&obj->refcount, 1);
+	return obj;
+}
+
+struct cfs_object *cfs_object_unref(struct cfs_object *obj)
+{
+	struct cfs_cas *cas;
+
+	if (!obj || atomic_fetch_sub(&obj->refcount, 1) != 1)
+		return NULL;
+	cas = obj->cas;
+	pthread_mutex_lock(&cas->lock);
+	table_remove(cas, obj);
+	/* Keep the verified tree for the next open of the same digest. */
+	if (obj->state == CFS_OBJ_READY && obj->tree) {
+		cfs_tree_cache_put(&cas->trees, obj->tree);
+		obj->tree = NULL;
+	}
+	pthread_mutex_unlock(&cas->lock);
+	object_free(obj);
+	return NULL;
+}
+
+static int object_setup(struct cfs_cas *cas, struct cfs_object *obj, uint64_t size)
+{
+	struct stat st;
+	int r, fd = -1;
+
+	r = open_in_store(cas, obj->key, &fd);
+	if (r < 0)
+		return r;
+	obj->fd = fd;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EPERM;
+	/* Opened O_NONBLOCK so that a FIFO planted in the store cannot block
+	 * us; io_uring would honour it on regular files, so clear it. */
+	if (fcntl(fd, F_SETFL, 0) < 0)
+		return -errno;
+	if ((uint64_t)st.st_size != size)
+		return -EIO;
+	obj->size = size;
+	return cfs_object_setup_method(cas, obj);
+}
+
+int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redirect_len,
+			const uint8_t *digest, uint64_t size, struct cfs_object **ret_obj)
+{
+	_cleanup_free_ char *key = NULL;
+	struct cfs_object *obj;
+	uint64_t h;
+	int r;
+
+	if (redirect) {
+		r = normalize_redirect(redirect, redirect_len, &key);
+		if (r < 0)
+			return r;
+	}
+	if (digest) {
+		char want[2 * CFS_DIGEST_SIZE + 2];
+
+		digest_path(digest, want);
+		if (!key) {
+			key = strdup(want);
+			if (!key)
+				return -ENOMEM;
+		} else if (strcmp(key, want) != 0) {
+			return -EINVAL;
+		}
+	} else if (!key) {
+		return -EINVAL;
+	} else if (cas->opts.verify && cas->opts.require_digest) {
+		return -ENOKEY;
+	}
+	h = key_hash(key, digest != NULL);
+
+	pthread_mutex_lock(&cas->lock);
+	for (obj = cas->buckets[h % cas->nbuckets]; obj; obj = obj->hash_next) {
+		unsigned c;
+
+		if (obj->hash != h || obj->has_digest != (digest != NULL) || strcmp(obj->key, key) != 0)
+			continue;
+		/* Take a reference unless it is already being freed. */
+		c = atomic_load(&obj->refcount);
+		while (c != 0 && !atomic_compare_exchange_weak(&obj->refcount, &c, c + 1))
+			;
+		if (c != 0)
+			break;
+	}
+	if (obj) {
+		enum cfs_object_state state;
+
+		pthread_mutex_unlock(&cas->lock);
+		/* Wait for whoever set it up. */
+		pthread_mutex_lock(&obj->init_lock);
+		state = obj->state;
+		r = obj->init_error;
+		pthread_mutex_unlock(&obj->init_lock);
+		if (state != CFS_OBJ_READY) {
+			cfs_object_unref(obj);
+			return r < 0 ? r : -EIO;
+		}
+		if (obj->size != size) {
+			cfs_object_unref(obj);
+			return -EIO;
+		}
+		*ret_obj = obj;
+		return 0;
+	}
+
+	obj = calloc(1, sizeof(*obj));
+	if (!obj) {
+		pthread_mutex_unlock(&cas->lock);
+		return -ENOMEM;
+	}
+	atomic_init(&obj->refcount, 1);
+	obj->cas = cas_ref(cas);
+	obj->fd = -1;
+	obj->hash = h;
+	obj->key = steal_ptr(&key);
+	obj->has_digest = digest != NULL;
+	if (digest)
+		memcpy(obj->digest, digest, CFS_DIGEST_SIZE);
+	obj->state = CFS_OBJ_INIT;
+	pthread_mutex_init(&obj->init_lock, NULL);
+	pthread_mutex_lock(&obj->init_lock);
+	if (cas->nobjects >= cas->nbuckets)
+		table_grow(cas);
+	obj->hash_next = cas->buckets[h % cas->nbuckets];
+	cas->buckets[h % cas->nbuckets] = obj;
+	cas->nobjects++;
+	pthread_mutex_unlock(&cas->lock);
+
+	r = object_setup(cas, obj, size);
+	if (r < 0) {
+		/* Forget the failure for later opens (the store may be fixed),
+		 * but let current waiters see it. */
+		pthread_mutex_lock(&cas->lock);
+		table_remove(cas, obj);
+		pthread_mutex_unlock(&cas->lock);
+		cfs_merkle_free(obj->tree);
+		obj->tree = NULL;
+		obj->init_error = r;
+		obj->state = CFS_OBJ_FAILED;
+		pthread_mutex_unlock(&obj->init_lock);
+		cfs_object_unref(obj);
+		return r;
+	}
+	atomic_fetch_add(&cas->stats.objects_opened, 1);
+	obj->state = CFS_OBJ_READY;
+	pthread_mutex_unlock(&obj->init_lock);
+	*ret_obj = obj;
+	return 0;
+}
+
+enum cfs_verify_method cfs_object_method(const struct cfs_object *obj)
+{
+	return obj->method;
+}
+
+int cfs_object_fd(const struct cfs_object *obj)
+{
+	return obj->fd;
+}
+
+uint64_t cfs_object_size(const struct cfs_object *obj)
+{
+	return obj->size;
+}

@@ -1,0 +1,356 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * The Merkle tree cache.  In memory: trees of objects that are no longer
+ * open, in an LRU bounded by bytes, keyed by digest.  On disk (optional):
+ * one file per digest in a cache directory outside the object store,
+ * holding the leaf level only; it is untrusted when read back: the upper
+ * levels, the root hash and the file digest are recomputed from the leaves
+ * (about 1/128 of the object's size to hash) and must match the digest the
+ * image expects, else the file is removed and the tree rebuilt from data.
+ */
+#include <assert.h>
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cas-internal.h"
+
+#define DEFAULT_TREE_CACHE_BYTES (64ULL << 20)
+#define DEFAULT_MIN_PERSIST_SIZE (256ULL << 10)
+
+static const char TREE_MAGIC[8] = { 'C', 'F', 'S', 'M', 'R', 'K', 'L', '1' };
+
+/* On-disk header of a persisted tree; the leaf level follows. */
+struct tree_file_header {
+	char magic[8];
+	__le32 version;        /* 1 */
+	__le32 log_blocksize;  /* 12 */
+	__le64 data_size;
+	__le64 leaf_bytes;
+	uint8_t digest[CFS_DIGEST_SIZE];
+};
+static_assert(sizeof(struct tree_file_header) == 64, "tree cache header layout");
+
+/* mkdir -p, mode 0700 for what it creates. */
+static int mkdir_parents(const char *path)
+{
+	_cleanup_free_ char *p = strdup(path);
+
+	if (!p)
+		return -ENOMEM;
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = '\0';
+		if (mkdir(p, 0700) < 0 && errno != EEXIST)
+			return -errno;
+		*s = '/';
+	}
+	if (mkdir(p, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* Is @inner equal to or below @outer (both resolved)? */
+static bool path_within(const char *inner, const char *outer)
+{
+	size_t n = strlen(outer);
+
+	if (n == 1 && outer[0] == '/')
+		return true;
+	return strncmp(inner, outer, n) == 0 && (inner[n] == '\0' || inner[n] == '/');
+}
+
+int cfs_tree_cache_init(struct cfs_tree_cache *tc, const struct cfs_cas_options *opts,
+			const char *const *basedirs, size_t n_basedirs)
+{
+	memset(tc, 0, sizeof(*tc));
+	tc->dirfd = -1;
+	tc->max_bytes = opts->tree_cache_bytes ? opts->tree_cache_bytes : DEFAULT_TREE_CACHE_BYTES;
+	tc->min_persist_size = opts->tree_cache_min_size ? opts->tree_cache_min_size : DEFAULT_MIN_PERSIST_SIZE;
+	tc->nbuckets = 256;
+	tc->buckets = calloc(tc->nbuckets, sizeof(*tc->buckets));
+	if (!tc->buckets)
+		return -ENOMEM;
+
+	if (opts->tree_cache_dir && opts->tree_cache_dir[0]) {
+		_cleanup_free_ char *real = NULL;
+		int r = mkdir_parents(opts->tree_cache_dir);
+
+		if (r < 0)
+			return r;
+		real = realpath(opts->tree_cache_dir, NULL);
+		if (!real)
+			return -errno;
+		/* Other tools share the store: never write into it. */
+		for (size_t i = 0; i < n_basedirs; i++) {
+			_cleanup_free_ char *base = realpath(basedirs[i], NULL);
+
+			if (base && path_within(real, base))
+				return -EINVAL;
+		}
+		tc->dirfd = open(real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (tc->dirfd < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+void cfs_tree_cache_fini(struct cfs_tree_cache *tc)
+{
+	while (tc->lru_head) {
+		struct cfs_merkle *t = tc->lru_head;
+
+		tc->lru_head = t->lru_next;
+		cfs_merkle_free(t);
+	}
+	free(tc->buckets);
+	tc->buckets = NULL;
+	if (tc->dirfd >= 0)
+		close(tc->dirfd);
+	tc->dirfd = -1;
+}
+
+static size_t bucket_of(const struct cfs_tree_cache *tc, const uint8_t digest[CFS_DIGEST_SIZE])
+{
+	uint64_t h;
+
+	memcpy(&h, digest, sizeof(h)); /* a digest is already uniformly spread */
+	return (size_t)(h % tc->nbuckets);
+}
+
+static void hash_remove(struct cfs_tree_cache *tc, struct cfs_merkle *t)
+{
+	struct cfs_merkle **pp = &tc->buckets[bucket_of(tc, t->digest)];
+
+	for (; *pp; pp = &(*pp)->hash_next) {
+		if (*pp == t) {
+			*pp = t->hash_next;
+			t->hash_next = NULL;
+			tc->count--;
+			return;
+		}
+	}
+}
+
+static void lru_unlink(struct cfs_tree_cache *tc, struct cfs_merkle *t)
+{
+	if (t->lru_prev)
+		t->lru_prev->lru_next = t->lru_next;
+	else
+		tc->lru_head = t->lru_next;
+	if (t->lru_next)
+		t->lru_next->lru_prev = t->lru_prev;
+	else
+		tc->lru_tail = t->lru_prev;
+	t->lru_prev = t->lru_next = NULL;
+	tc->bytes -= cfs_merkle_bytes(t);
+	hash_remove(tc, t);
+}
+
+struct cfs_merkle *cfs_tree_cache_take(struct cfs_tree_cache *tc, const uint8_t digest[CFS_DIGEST_SIZE])
+{
+	for (struct cfs_merkle *t = tc->buckets[bucket_of(tc, digest)]; t; t = t->hash_next) {
+		if (memcmp(t->digest, digest, CFS_DIGEST_SIZE) == 0) {
+			lru_unlink(tc, t);
+			return t;
+		}
+	}
+	return NULL;
+}
+
+static void grow(struct cfs_tree_cache *tc)
+{
+	size_t n = tc->nbuckets * 2;
+	struct cfs_merkle **nb = calloc(n, sizeof(*nb));
+
+	if (!nb)
+		return; /* longer chains, still correct */
+	for (size_t i = 0; i < tc->nbuckets; i++) {
+		struct cfs_merkle *t = tc->buckets[i];
+
+		while (t) {
+			struct cfs_merkle *next = t->hash_next;
+			uint64_t h;
+
+			memcpy(&h, t->digest, sizeof(h));
+			t->hash_next = nb[h % n];
+			nb[h % n] = t;
+			t = next;
+		}
+	}
+	free(tc->buckets);
+	tc->buckets = nb;
+	tc->nbuckets = n;
+}
+
+void cfs_tree_cache_put(struct cfs_tree_cache *tc, struct cfs_merkle *t)
+{
+	uint64_t sz = cfs_merkle_bytes(t);
+	struct cfs_merkle *old;
+
+	if (sz > tc->max_bytes) {
+		cfs_merkle_free(t);
+		return;
+	}
+	/* Same digest already cached (two opens raced): keep one. */
+	old = cfs_tree_cache_take(tc, t->digest);
+	cfs_merkle_free(old);
+	while (tc->lru_tail && tc->bytes + sz > tc->max_bytes) {
+		struct cfs_merkle *victim = tc->lru_tail;
+
+		lru_unlink(tc, victim);
+		cfs_merkle_free(victim);
+	}
+	t->lru_prev = NULL;
+	t->lru_next = tc->lru_head;
+	if (tc->lru_head)
+		tc->lru_head->lru_prev = t;
+	tc->lru_head = t;
+	if (!tc->lru_tail)
+		tc->lru_tail = t;
+	tc->bytes += sz;
+	if (tc->count >= tc->nbuckets)
+		grow(tc);
+	{
+		size_t b = bucket_of(tc, t->digest);
+
+		t->hash_next = tc->buckets[b];
+		tc->buckets[b] = t;
+		tc->count++;
+	}
+}
+
+static ssize_t read_full_at(int fd, void *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, off + (off_t)done);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+int cfs_tree_cache_load(struct cfs_tree_cache *tc, uint64_t size, const uint8_t digest[CFS_DIGEST_SIZE],
+			struct cfs_merkle **ret_tree)
+{
+	char name[2 * CFS_DIGEST_SIZE + 1];
+	struct cfs_merkle geo;
+	struct tree_file_header h;
+	_cleanup_close_ int fd = -EBADF;
+	_cleanup_free_ void *leaves = NULL;
+	uint64_t leaf_bytes;
+	struct stat st;
+	ssize_t n;
+	int r;
+
+	if (tc->dirfd < 0)
+		return -ENOENT;
+	memset(&geo, 0, sizeof(geo));
+	if (cfs_merkle_geometry(size, &geo) < 0 || geo.levels == 0)
+		return -ENOENT;
+	leaf_bytes = cfs_merkle_leaf_bytes(&geo);
+
+	cfs_digest_to_hex(digest, name);
+	fd = openat(tc->dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return errno == ENOENT ? -ENOENT : -errno;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	r = -EBADMSG;
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != sizeof(h) + leaf_bytes)
+		goto corrupt;
+	n = read_full_at(fd, &h, sizeof(h), 0);
+	if (n != (ssize_t)sizeof(h) || memcmp(h.magic, TREE_MAGIC, sizeof(TREE_MAGIC)) != 0 ||
+	    le32toh(h.version) != 1 || le32toh(h.log_blocksize) != CFS_BLOCK_SHIFT ||
+	    le64toh(h.data_size) != size || le64toh(h.leaf_bytes) != leaf_bytes ||
+	    memcmp(h.digest, digest, CFS_DIGEST_SIZE) != 0)
+		goto corrupt;
+	leaves = malloc(leaf_bytes);
+	if (!leaves)
+		return -ENOMEM;
+	n = read_full_at(fd, leaves, leaf_bytes, sizeof(h));
+	if (n < 0)
+		return (int)n;
+	if ((uint64_t)n != leaf_bytes)
+		goto corrupt;
+	r = cfs_merkle_from_leaves(size, leaves, leaf_bytes, digest, ret_tree);
+	if (r == -EBADMSG)
+		goto corrupt;
+	return r;
+
+corrupt:
+	/* Untrusted and wrong: drop it, the caller rebuilds from data. */
+	(void)unlinkat(tc->dirfd, name, 0);
+	return -EBADMSG;
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int cfs_tree_cache_store(struct cfs_tree_cache *tc, const struct cfs_merkle *t)
+{
+	static _Atomic unsigned long counter;
+	char name[2 * CFS_DIGEST_SIZE + 1], tmp[2 * CFS_DIGEST_SIZE + 64];
+	struct tree_file_header h;
+	_cleanup_close_ int fd = -EBADF;
+	int r;
+
+	if (tc->dirfd < 0 || t->levels == 0 || t->data_size < tc->min_persist_size)
+		return 0;
+	cfs_digest_to_hex(t->digest, name);
+	snprintf(tmp, sizeof(tmp), ".%s.%d.%lu.tmp", name, (int)getpid(),
+		 atomic_fetch_add(&counter, 1));
+	fd = openat(tc->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+
+	memset(&h, 0, sizeof(h));
+	memcpy(h.magic, TREE_MAGIC, sizeof(TREE_MAGIC));
+	h.version = htole32(1);
+	h.log_blocksize = htole32(CFS_BLOCK_SHIFT);
+	h.data_size = htole64(t->data_size);
+	h.leaf_bytes = htole64(cfs_merkle_leaf_bytes(t));
+	memcpy(h.digest, t->digest, CFS_DIGEST_SIZE);
+	r = write_full(fd, &h, sizeof(h));
+	if (r == 0)
+		r = write_full(fd, cfs_merkle_block(t, t->level_start[0]), cfs_merkle_leaf_bytes(t));
+	if (r == 0 && close(steal_fd(&fd)) < 0)
+		r = -errno;
+	/* No fsync: a torn file after a crash fails the check and is rebuilt. */
+	if (r == 0 && renameat(tc->dirfd, tmp, tc->dirfd, name) < 0)
+		r = -errno;
+	if (r < 0)
+		(void)unlinkat(tc->dirfd, tmp, 0);
+	return r;
+}
