@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * composefs-fuse internals shared by main.c (startup), ops.c (metadata
+ * operations), files.c (open files and the data path) and passthrough.c
+ * (kernel passthrough on libfuse versions without an API for it).
+ */
+#pragma once
+
+#define FUSE_USE_VERSION 312
+
+#include <fuse_lowlevel.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cfs-image.h"
+#include "cas.h"
+
+/* nid <-> FUSE inode number.  The root nid becomes FUSE_ROOT_ID (1); every
+ * other nid n becomes n + 2, so no non-root nid can land on 1 and the
+ * mapping is a bijection between nids and the inode numbers handed out. */
+static inline fuse_ino_t cfsd_nid_to_ino(uint64_t root_nid, uint64_t nid)
+{
+	return nid == root_nid ? FUSE_ROOT_ID : (fuse_ino_t)(nid + 2);
+}
+
+/* Returns 0 and the nid, or -ESTALE for a number that no nid maps to. */
+static inline int cfsd_ino_to_nid(uint64_t root_nid, fuse_ino_t ino, uint64_t *ret_nid)
+{
+	if (ino == FUSE_ROOT_ID) {
+		*ret_nid = root_nid;
+		return 0;
+	}
+	if (ino < 2 || ino - 2 == root_nid)
+		return -ESTALE;
+	*ret_nid = ino - 2;
+	return 0;
+}
+
+enum cfsd_verity {
+	CFSD_VERITY_ON,      /* verify objects that have a digest */
+	CFSD_VERITY_REQUIRE, /* and refuse external files without one */
+	CFSD_VERITY_OFF,
+};
+
+enum cfsd_passthrough {
+	CFSD_PT_AUTO,   /* only when integrity holds for the life of the file */
+	CFSD_PT_OFF,
+	CFSD_PT_ALWAYS, /* also for userspace-verified objects, checked whole at open */
+};
+
+struct cfsd_stats {
+	atomic_uint_fast64_t opens_image;       /* data served from the image */
+	atomic_uint_fast64_t opens_daemon;      /* external, read through cas */
+	atomic_uint_fast64_t opens_passthrough; /* external, read by the kernel */
+	atomic_uint_fast64_t open_errors;
+	atomic_uint_fast64_t reads;             /* read requests reaching us */
+	atomic_uint_fast64_t read_bytes;
+	atomic_uint_fast64_t read_errors;
+};
+
+struct cfsd_files;
+
+struct cfsd {
+	struct cfs_image *img;
+	struct cfs_img_info info;
+	uint64_t root_nid;
+	struct cfs_cas *cas; /* NULL without basedir= */
+	enum cfsd_verity verity;
+	enum cfsd_passthrough passthrough;
+	double timeout;      /* entry/attr timeout, seconds */
+	struct fuse_session *se;
+	struct cfsd_files *files;
+	struct cfsd_stats stats;
+	atomic_bool logged_datapath;
+	bool notify;         /* send READY=1 to $NOTIFY_SOCKET once up */
+};
+
+/* The daemon instance (one per process); used where libfuse gives no
+ * userdata. */
+extern struct cfsd *cfsd_global;
+
+/* Log through fuse_log(); cfsd_log_errno() returns @err (negative). */
+void cfsd_log(enum fuse_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cfsd_log_errno(enum fuse_log_level lvl, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* sd_notify protocol: send @msg to $NOTIFY_SOCKET if set.  Returns 0, 1 if
+ * unset, or -errno. */
+int cfsd_notify(const char *msg);
+
+/* ops.c */
+extern const struct fuse_lowlevel_ops cfsd_ops;
+/* Read inode @ino into @ret.  -ESTALE/-EFSCORRUPTED on bad numbers. */
+int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret);
+/* Best effort: the path of @nid in the image for log messages ("/a/b"), or
+ * "nid N" if it cannot be found.  Walks the tree; only used on errors. */
+void cfsd_describe_nid(struct cfsd *d, uint64_t nid, char *buf, size_t bufsz);
+
+/* files.c */
+int cfsd_files_new(struct cfsd *d);
+void cfsd_files_free(struct cfsd *d);
+void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
+void cfsd_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void cfsd_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
+/* Write the counters as "key value" lines. */
+void cfsd_stats_print(struct cfsd *d, FILE *out);
+
+/* passthrough.c: kernel passthrough (FUSE_PASSTHROUGH, kernel 6.9+).
+ * cfsd_pt_setup() is called after mounting and before the session loop;
+ * whether the kernel accepted passthrough is only known after INIT. */
+int cfsd_pt_setup(struct cfsd *d, struct fuse_session *se);
+/* Called from the init operation (libfuse API builds negotiate there). */
+void cfsd_pt_init_conn(struct fuse_conn_info *conn);
+bool cfsd_pt_available(void);
+/* Register @fd as a backing file: returns a backing id (>= 0) or -errno
+ * (-EPERM without CAP_SYS_ADMIN in the initial user namespace). */
+int cfsd_pt_backing_open(int fd);
+void cfsd_pt_backing_close(int backing_id);
+/* Reply to an open request with FOPEN_PASSTHROUGH and @backing_id. */
+int cfsd_pt_reply_open(fuse_req_t req, struct fuse_file_info *fi, int backing_id);
+/* What this build and library can do, for the startup log line. */
+const char *cfsd_pt_describe(void);

@@ -1,0 +1,613 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * composefs-fuse: serve a composefs image read-only through FUSE, with the
+ * content of external files verified against their fs-verity digests.
+ *
+ *   composefs-fuse [options] IMAGE MOUNTPOINT
+ *   composefs-fuse -o source=IMAGE,basedir=DIR MOUNTPOINT      (upstream form)
+ *   mount -t fuse.composefs-fuse IMAGE MNT -o basedir=DIR       (mount.fuse3)
+ *
+ * Everything that can fail for a reason the user can fix (bad image, digest
+ * mismatch, missing basedir, unusable mountpoint, bad option) is checked
+ * before mounting, and reported with the cause.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "cfsd.h"
+
+struct cfsd *cfsd_global;
+
+static bool log_to_syslog;
+
+static void vlog(enum fuse_log_level lvl, const char *fmt, va_list ap)
+{
+	char buf[2048];
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	if (log_to_syslog)
+		fuse_log(lvl, "%s", buf);
+	else
+		fuse_log(lvl, "composefs-fuse: %s", buf);
+}
+
+void cfsd_log(enum fuse_log_level lvl, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vlog(lvl, fmt, ap);
+	va_end(ap);
+}
+
+int cfsd_log_errno(enum fuse_log_level lvl, int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vlog(lvl, fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+static void syslog_func(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	vsyslog((int)level, fmt, ap);
+}
+
+int cfsd_notify(const char *msg)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	_cleanup_close_ int fd = -EBADF;
+	size_t len;
+	socklen_t salen;
+
+	if (!path || !*path)
+		return 1;
+	len = strlen(path);
+	if (len >= sizeof(sa.sun_path) || (path[0] != '/' && path[0] != '@'))
+		return -EINVAL;
+	memcpy(sa.sun_path, path, len);
+	if (path[0] == '@')
+		sa.sun_path[0] = '\0'; /* abstract namespace */
+	salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (path[0] == '/'));
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, salen) < 0)
+		return -errno;
+	return 0;
+}
+
+struct options {
+	char *source;
+	char *basedir;
+	char *digest;
+	char *verity;
+	char *passthrough;
+	char *tree_cache;
+	char *tree_cache_size;
+	char *io;
+	char *stats_file;
+	char *timeout;
+	unsigned threads;
+	int noauto_unmount;
+	char *positional[3];
+	int n_positional;
+	int help, version;
+};
+
+#define OPT(t, p) { t, offsetof(struct options, p), 1 }
+static const struct fuse_opt cfsd_opts[] = {
+	OPT("source=%s", source),
+	OPT("basedir=%s", basedir),
+	OPT("digest=%s", digest),
+	OPT("verity=%s", verity),
+	OPT("passthrough=%s", passthrough),
+	OPT("tree_cache=%s", tree_cache),
+	OPT("tree_cache_size=%s", tree_cache_size),
+	OPT("io=%s", io),
+	OPT("stats_file=%s", stats_file),
+	OPT("timeout=%s", timeout),
+	OPT("threads=%u", threads),
+	OPT("noauto_unmount", noauto_unmount),
+	FUSE_OPT_END
+};
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct options *o = data;
+
+	if (key == FUSE_OPT_KEY_NONOPT) {
+		if (o->n_positional >= 2) {
+			fprintf(stderr, "composefs-fuse: unexpected argument '%s'\n", arg);
+			return -1;
+		}
+		o->positional[o->n_positional] = strdup(arg);
+		if (!o->positional[o->n_positional])
+			return -1;
+		o->n_positional++;
+		return 0;
+	}
+	if (key == FUSE_OPT_KEY_OPT && (!strcmp(arg, "-h") || !strcmp(arg, "--help")))
+		o->help = 1;
+	if (key == FUSE_OPT_KEY_OPT && (!strcmp(arg, "-V") || !strcmp(arg, "--version")))
+		o->version = 1;
+	return 1;
+}
+
+static void usage(const char *prog)
+{
+	printf("Usage: %s [OPTIONS] IMAGE MOUNTPOINT\n"
+	       "       %s -o source=IMAGE[,OPTIONS] MOUNTPOINT\n"
+	       "Serve a composefs image read-only, as the kernel's composefs mount shows it,\n"
+	       "with the content of external files verified against their fs-verity digests.\n"
+	       "\n"
+	       "composefs-fuse options (-o NAME=VALUE):\n"
+	       "    basedir=DIR[:DIR...]   object store(s) holding external file content\n"
+	       "    digest=HEX             expected fs-verity digest of the image\n"
+	       "    verity=on|require|off  verify objects (default on); require: refuse\n"
+	       "                           external files without a digest\n"
+	       "    passthrough=auto|off|always\n"
+	       "                           let the kernel read backing files directly when\n"
+	       "                           integrity holds (auto, default), never, or also\n"
+	       "                           after a whole-file check at open (always: weaker)\n"
+	       "    threads=N              maximum number of worker threads\n"
+	       "    tree_cache=DIR|none    where to persist Merkle trees\n"
+	       "    tree_cache_size=BYTES  in-memory Merkle tree cache (K/M/G suffixes)\n"
+	       "    io=auto|uring|pread    how backing files are read\n"
+	       "    timeout=SECONDS        entry and attribute cache timeout (default 86400)\n"
+	       "    stats_file=FILE        write counters there on SIGUSR1 and at exit\n"
+	       "    noauto_unmount         do not add auto_unmount for ordinary users\n"
+	       "    source=IMAGE           the image, instead of the IMAGE argument\n"
+	       "\n",
+	       prog, prog);
+}
+
+static int parse_size(const char *s, uint64_t *ret)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -EINVAL;
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	default: break;
+	}
+	if (*end || (shift && v > (UINT64_MAX >> shift)))
+		return -EINVAL;
+	*ret = (uint64_t)v << shift;
+	return 0;
+}
+
+/* Resolve every directory of a colon-separated list; a missing one is an
+ * error naming it. */
+static int resolve_basedirs(const char *list, char **ret)
+{
+	_cleanup_free_ char *copy = strdup(list), *out = NULL;
+	size_t outlen = 0;
+	char *save = NULL;
+
+	if (!copy)
+		return -ENOMEM;
+	for (char *p = strtok_r(copy, ":", &save); p; p = strtok_r(NULL, ":", &save)) {
+		char real[PATH_MAX];
+		struct stat st;
+		size_t n;
+		char *grown;
+
+		if (!realpath(p, real) || stat(real, &st) < 0) {
+			fprintf(stderr, "composefs-fuse: basedir '%s': %m\n", p);
+			return -ENOENT;
+		}
+		if (!S_ISDIR(st.st_mode)) {
+			fprintf(stderr, "composefs-fuse: basedir '%s': not a directory\n", p);
+			return -ENOTDIR;
+		}
+		n = strlen(real);
+		grown = realloc(out, outlen + n + 2);
+		if (!grown)
+			return -ENOMEM;
+		out = grown;
+		if (outlen)
+			out[outlen++] = ':';
+		memcpy(out + outlen, real, n + 1);
+		outlen += n;
+	}
+	if (!out) {
+		fprintf(stderr, "composefs-fuse: basedir= is empty\n");
+		return -EINVAL;
+	}
+	*ret = steal_ptr(&out);
+	return 0;
+}
+
+/* The tree cache directory as an absolute path (the daemon changes to /);
+ * the store creates it. */
+static char *absolute_path(const char *path)
+{
+	_cleanup_free_ char *cwd = NULL;
+	char *p = NULL;
+
+	if (path[0] == '/')
+		return strdup(path);
+	cwd = getcwd(NULL, 0);
+	if (!cwd)
+		return NULL;
+	return asprintf(&p, "%s/%s", cwd, path) < 0 ? NULL : p;
+}
+
+static char *default_tree_cache(void)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+	char *p = NULL;
+
+	if (xdg && xdg[0] == '/')
+		return asprintf(&p, "%s/composefs-fuse", xdg) < 0 ? NULL : p;
+	if (home && home[0] == '/' && strcmp(home, "/") != 0)
+		return asprintf(&p, "%s/.cache/composefs-fuse", home) < 0 ? NULL : p;
+	if (geteuid() == 0)
+		return strdup("/var/cache/composefs-fuse");
+	return NULL;
+}
+
+static const char *image_error(int r)
+{
+	switch (-r) {
+	case EFSCORRUPTED:
+		return "corrupt or not a composefs image";
+	case EOPNOTSUPP:
+		return "unsupported image feature";
+	default:
+		return strerror(-r);
+	}
+}
+
+static char *stats_path;
+static struct cfsd *stats_d;
+
+static void write_stats(struct cfsd *d)
+{
+	_cleanup_free_ char *tmp = NULL;
+	FILE *f;
+
+	if (!stats_path)
+		return;
+	if (asprintf(&tmp, "%s.tmp.%ld", stats_path, (long)getpid()) < 0)
+		return;
+	f = fopen(tmp, "we");
+	if (!f) {
+		cfsd_log(FUSE_LOG_WARNING, "stats_file '%s': %m\n", tmp);
+		return;
+	}
+	cfsd_stats_print(d, f);
+	if (fclose(f) != 0 || rename(tmp, stats_path) < 0) {
+		cfsd_log(FUSE_LOG_WARNING, "stats_file '%s': %m\n", stats_path);
+		unlink(tmp);
+	}
+}
+
+/* SIGUSR1 is blocked in every thread; this one waits for it. */
+static void *stats_thread(void *arg)
+{
+	sigset_t set;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	for (;;) {
+		if (sigwait(&set, &sig) == 0 && sig == SIGUSR1)
+			write_stats(stats_d);
+	}
+	return NULL;
+}
+
+static int open_cas(struct cfsd *d, const char *basedirs, const struct cfs_cas_options *co)
+{
+	int r = cfs_cas_open(basedirs, co, &d->cas);
+	if (r < 0)
+		fprintf(stderr, "composefs-fuse: cannot open object store '%s': %s\n", basedirs,
+			strerror(-r));
+	return r;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct options o = { 0 };
+	struct fuse_cmdline_opts cl = { 0 };
+	struct fuse_loop_config *loop_cfg = NULL;
+	struct cfs_cas_options co = { .verify = true, .io = CFS_IO_AUTO };
+	_cleanup_free_ char *basedirs = NULL, *tree_cache = NULL, *fsname_opt = NULL;
+	_cleanup_close_ int img_fd = -EBADF;
+	const char *image, *mnt;
+	struct cfsd d = { .timeout = 86400.0 };
+	struct stat st;
+	bool mounted = false, sig_installed = false;
+	int r, ret = 1;
+
+	cfsd_global = &d;
+	if (fuse_opt_parse(&args, &o, cfsd_opts, opt_proc) < 0)
+		goto out_args;
+
+	if (o.help) {
+		usage(argv[0]);
+		printf("FUSE options:\n");
+		fuse_cmdline_help();
+		fuse_lowlevel_help();
+		ret = 0;
+		goto out_args;
+	}
+	if (o.version) {
+		printf("composefs-fuse %s (libfuse %s, passthrough: %s)\n", PACKAGE_VERSION,
+		       fuse_pkgversion(), HAVE_FUSE_PASSTHROUGH ? "libfuse API" : "custom-io shim");
+		ret = 0;
+		goto out_args;
+	}
+
+	/* IMAGE MOUNTPOINT, or source=IMAGE and MOUNTPOINT. */
+	if (o.n_positional == 2 && !o.source) {
+		image = o.positional[0];
+		mnt = o.positional[1];
+	} else if (o.n_positional == 1 && o.source) {
+		image = o.source;
+		mnt = o.positional[0];
+	} else {
+		fprintf(stderr, "composefs-fuse: expected IMAGE MOUNTPOINT (or -o source=IMAGE "
+				"MOUNTPOINT); see --help\n");
+		goto out_args;
+	}
+
+	/* Our options. */
+	if (!o.verity || !strcmp(o.verity, "on"))
+		d.verity = CFSD_VERITY_ON;
+	else if (!strcmp(o.verity, "require"))
+		d.verity = CFSD_VERITY_REQUIRE;
+	else if (!strcmp(o.verity, "off"))
+		d.verity = CFSD_VERITY_OFF;
+	else {
+		fprintf(stderr, "composefs-fuse: verity=%s: expected on, require or off\n", o.verity);
+		goto out_args;
+	}
+	if (!o.passthrough || !strcmp(o.passthrough, "auto"))
+		d.passthrough = CFSD_PT_AUTO;
+	else if (!strcmp(o.passthrough, "off"))
+		d.passthrough = CFSD_PT_OFF;
+	else if (!strcmp(o.passthrough, "always"))
+		d.passthrough = CFSD_PT_ALWAYS;
+	else {
+		fprintf(stderr, "composefs-fuse: passthrough=%s: expected auto, off or always\n",
+			o.passthrough);
+		goto out_args;
+	}
+	if (o.io && !strcmp(o.io, "uring"))
+		co.io = CFS_IO_URING;
+	else if (o.io && !strcmp(o.io, "pread"))
+		co.io = CFS_IO_PREAD;
+	else if (o.io && strcmp(o.io, "auto")) {
+		fprintf(stderr, "composefs-fuse: io=%s: expected auto, uring or pread\n", o.io);
+		goto out_args;
+	}
+	if (o.tree_cache_size && parse_size(o.tree_cache_size, &co.tree_cache_bytes) < 0) {
+		fprintf(stderr, "composefs-fuse: tree_cache_size=%s: not a size\n", o.tree_cache_size);
+		goto out_args;
+	}
+	if (o.timeout) {
+		char *end;
+		d.timeout = strtod(o.timeout, &end);
+		if (*end || !(d.timeout >= 0)) {
+			fprintf(stderr, "composefs-fuse: timeout=%s: not a number of seconds\n", o.timeout);
+			goto out_args;
+		}
+	}
+	co.verify = d.verity != CFSD_VERITY_OFF;
+
+	/* The image: read into memory we own, so later changes to the file
+	 * cannot change what is served, and checked there. */
+	img_fd = open(image, O_RDONLY | O_CLOEXEC);
+	if (img_fd < 0) {
+		fprintf(stderr, "composefs-fuse: image '%s': %m\n", image);
+		goto out_args;
+	}
+	r = cfs_img_open_fd(img_fd, 0, &d.img);
+	if (r < 0) {
+		fprintf(stderr, "composefs-fuse: image '%s': %s\n", image, image_error(r));
+		goto out_args;
+	}
+	cfs_img_get_info(d.img, &d.info);
+	d.root_nid = d.info.root_nid;
+	if (o.digest) {
+		uint8_t want[CFS_DIGEST_SIZE], got[CFS_DIGEST_SIZE];
+		char hex[2 * CFS_DIGEST_SIZE + 1];
+		size_t size;
+		const uint8_t *bytes = cfs_img_bytes(d.img, &size);
+
+		if (cfs_digest_from_hex(o.digest, want) < 0) {
+			fprintf(stderr, "composefs-fuse: digest=%s: expected 64 hex digits\n", o.digest);
+			goto out_img;
+		}
+		r = cfs_fsverity_digest_mem(bytes, size, got);
+		if (r < 0) {
+			fprintf(stderr, "composefs-fuse: image '%s': computing its digest: %s\n", image,
+				strerror(-r));
+			goto out_img;
+		}
+		if (memcmp(want, got, sizeof(want)) != 0) {
+			cfs_digest_to_hex(got, hex);
+			fprintf(stderr, "composefs-fuse: image '%s': fs-verity digest %s does not match "
+					"digest=%s\n", image, hex, o.digest);
+			goto out_img;
+		}
+	}
+
+	if (o.basedir && resolve_basedirs(o.basedir, &basedirs) < 0)
+		goto out_img;
+
+	if (stat(mnt, &st) < 0) {
+		fprintf(stderr, "composefs-fuse: mountpoint '%s': %m\n", mnt);
+		goto out_img;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "composefs-fuse: mountpoint '%s': not a directory\n", mnt);
+		goto out_img;
+	}
+
+	if (o.tree_cache && !strcmp(o.tree_cache, "none"))
+		tree_cache = NULL;
+	else if (o.tree_cache)
+		tree_cache = absolute_path(o.tree_cache);
+	else
+		tree_cache = default_tree_cache();
+	co.tree_cache_dir = tree_cache;
+
+	/* Open the store before mounting so that its errors stop us here.
+	 * A daemon opens it again after fork(): io_uring rings and threads do
+	 * not survive fork. */
+	if (basedirs && open_cas(&d, basedirs, &co) < 0)
+		goto out_img;
+
+	/* Mount options: read-only, kernel permission checks (as overlayfs
+	 * does), the image as the source; auto_unmount for ordinary users. */
+	if (fuse_opt_add_arg(&args, "-oro,default_permissions,subtype=composefs-fuse") < 0 ||
+	    fuse_opt_add_opt_escaped(&fsname_opt, image) < 0)
+		goto out_cas;
+	{
+		_cleanup_free_ char *fsn = NULL;
+		if (asprintf(&fsn, "-ofsname=%s", fsname_opt) < 0 || fuse_opt_add_arg(&args, fsn) < 0)
+			goto out_cas;
+	}
+	if (geteuid() != 0 && !o.noauto_unmount && fuse_opt_add_arg(&args, "-oauto_unmount") < 0)
+		goto out_cas;
+	if (fuse_opt_add_arg(&args, mnt) < 0)
+		goto out_cas;
+	if (fuse_parse_cmdline(&args, &cl) != 0)
+		goto out_cas;
+	if (o.threads)
+		cl.max_threads = o.threads;
+
+	d.notify = getenv("NOTIFY_SOCKET") != NULL;
+	if (cfsd_files_new(&d) < 0)
+		goto out_cas;
+	d.se = fuse_session_new(&args, &cfsd_ops, sizeof(cfsd_ops), &d);
+	if (!d.se)
+		goto out_cas; /* libfuse printed why (e.g. an unknown option) */
+	if (fuse_set_signal_handlers(d.se) != 0)
+		goto out_session;
+	sig_installed = true;
+	if (fuse_session_mount(d.se, cl.mountpoint) != 0) {
+		fprintf(stderr, "composefs-fuse: cannot mount on '%s'\n", cl.mountpoint);
+		goto out_session;
+	}
+	mounted = true;
+
+	if (d.passthrough != CFSD_PT_OFF) {
+		r = cfsd_pt_setup(&d, d.se);
+		if (r < 0 && r != -EOPNOTSUPP)
+			cfsd_log(FUSE_LOG_WARNING, "passthrough unavailable: %s\n", strerror(-r));
+	}
+
+	if (!cl.foreground) {
+		d.cas = cfs_cas_unref(d.cas);
+		if (fuse_daemonize(0) != 0)
+			goto out_unmount;
+		log_to_syslog = true;
+		openlog("composefs-fuse", LOG_PID, LOG_DAEMON);
+		fuse_set_log_func(syslog_func);
+		if (basedirs && open_cas(&d, basedirs, &co) < 0) {
+			cfsd_log(FUSE_LOG_ERR, "cannot open object store '%s'\n", basedirs);
+			goto out_unmount;
+		}
+	}
+
+	stats_path = o.stats_file;
+	stats_d = &d;
+	if (stats_path) {
+		pthread_t t;
+		sigset_t set;
+		sigemptyset(&set);
+		sigaddset(&set, SIGUSR1);
+		pthread_sigmask(SIG_BLOCK, &set, NULL);
+		if (pthread_create(&t, NULL, stats_thread, NULL) == 0)
+			pthread_detach(t);
+	}
+
+	cfsd_log(FUSE_LOG_NOTICE,
+		 "serving '%s' on '%s': format %u, %llu inodes, verity=%s, passthrough=%s (%s), "
+		 "io=%s, tree cache %s\n",
+		 image, cl.mountpoint, d.info.composefs_version, (unsigned long long)d.info.inodes,
+		 d.verity == CFSD_VERITY_ON ? "on" : d.verity == CFSD_VERITY_OFF ? "off" : "require",
+		 d.passthrough == CFSD_PT_AUTO ? "auto" : d.passthrough == CFSD_PT_OFF ? "off" : "always",
+		 cfsd_pt_describe(), d.cas ? cfs_cas_io_backend(d.cas) : "none",
+		 tree_cache ? tree_cache : "off");
+
+	if (cl.singlethread) {
+		r = fuse_session_loop(d.se);
+	} else {
+		loop_cfg = fuse_loop_cfg_create();
+		if (!loop_cfg)
+			goto out_unmount;
+		fuse_loop_cfg_set_clone_fd(loop_cfg, (unsigned)cl.clone_fd);
+		fuse_loop_cfg_set_max_threads(loop_cfg, cl.max_threads);
+		if (cl.max_idle_threads != UINT_MAX)
+			fuse_loop_cfg_set_idle_threads(loop_cfg, cl.max_idle_threads);
+		r = fuse_session_loop_mt(d.se, loop_cfg);
+	}
+	/* 0 on unmount, the signal number on SIGTERM/SIGINT/SIGHUP. */
+	if (r < 0)
+		cfsd_log(FUSE_LOG_ERR, "session loop failed: %s\n", strerror(-r));
+	else
+		ret = 0;
+	if (d.notify)
+		(void)cfsd_notify("STOPPING=1");
+	write_stats(&d);
+
+out_unmount:
+	if (mounted)
+		fuse_session_unmount(d.se);
+out_session:
+	if (sig_installed)
+		fuse_remove_signal_handlers(d.se);
+	fuse_session_destroy(d.se);
+	if (loop_cfg)
+		fuse_loop_cfg_destroy(loop_cfg);
+out_cas:
+	cfsd_files_free(&d);
+	d.cas = cfs_cas_unref(d.cas);
+out_img:
+	d.img = cfs_img_unref(d.img);
+out_args:
+	free(cl.mountpoint);
+	fuse_opt_free_args(&args);
+	for (int i = 0; i < o.n_positional; i++)
+		free(o.positional[i]);
+	free(o.source);
+	free(o.basedir);
+	free(o.digest);
+	free(o.verity);
+	free(o.passthrough);
+	free(o.tree_cache);
+	free(o.tree_cache_size);
+	free(o.io);
+	free(o.stats_file);
+	free(o.timeout);
+	return ret;
+}
