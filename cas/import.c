@@ -1,0 +1,164 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Adding a file to the object store under its fs-verity digest:
+ * STORE/xx/yyyy... (first two hex digits, then the other 62).  The object is
+ * written to a temporary file in its final directory (reflinked when the
+ * filesystem can, else copied), flushed, given fs-verity where the
+ * filesystem supports it, and only then linked in under its name without
+ * replacing an existing object, so a crash never leaves a partial object.
+ */
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/fsverity.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cas.h"
+
+static int copy_data(int src, int dst, uint64_t size)
+{
+	static const size_t bufsz = 128 * 1024;
+	_cleanup_free_ uint8_t *buf = NULL;
+	loff_t in = 0, out = 0;
+
+	/* copy_file_range() first: it shares extents on filesystems that can. */
+	while ((uint64_t)in < size) {
+		ssize_t n = copy_file_range(src, &in, dst, &out, (size_t)(size - (uint64_t)in), 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break; /* unsupported here, or a short source: fall back */
+	}
+	if ((uint64_t)in >= size)
+		return 0;
+
+	buf = malloc(bufsz);
+	if (!buf)
+		return -ENOMEM;
+	for (;;) {
+		ssize_t n = pread(src, buf, bufsz, in);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			break;
+		for (ssize_t done = 0; done < n;) {
+			ssize_t m = pwrite(dst, buf + done, (size_t)(n - done), out);
+			if (m < 0) {
+				if (errno == EINTR)
+					continue;
+				return -errno;
+			}
+			if (m == 0)
+				return -ENOSPC;
+			done += m;
+			out += m;
+		}
+		in += n;
+	}
+	return (uint64_t)in == size ? 0 : -EIO; /* the source changed size under us */
+}
+
+static void try_enable_verity(int dirfd, const char *name)
+{
+	struct fsverity_enable_arg arg = {
+		.version = 1,
+		.hash_algorithm = FS_VERITY_HASH_ALG_SHA256,
+		.block_size = CFS_VERITY_BLOCK_SIZE,
+	};
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+	if (fd < 0)
+		return;
+	/* EOPNOTSUPP/ENOTTY: the filesystem has no fs-verity; anything
+	 * else (e.g. not enabled in the superblock) is not fatal either: the
+	 * reader verifies in userspace. */
+	(void)ioctl(fd, FS_IOC_ENABLE_VERITY, &arg);
+	close(fd);
+}
+
+static int link_noreplace(int dirfd, const char *tmp, const char *name)
+{
+	if (renameat2(dirfd, tmp, dirfd, name, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno == EEXIST)
+		return -EEXIST;
+	if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+		return -errno;
+	/* No RENAME_NOREPLACE here: link() never replaces either. */
+	if (linkat(dirfd, tmp, dirfd, name, 0) < 0)
+		return -errno;
+	(void)unlinkat(dirfd, tmp, 0);
+	return 0;
+}
+
+int cfs_store_import(const char *store_dir, int src_fd, const uint8_t digest[CFS_DIGEST_SIZE])
+{
+	_cleanup_close_ int store = -EBADF, sub = -EBADF, tfd = -EBADF;
+	char hex[2 * CFS_DIGEST_SIZE + 1], dir[3], tmp[64];
+	const char *name = hex + 2;
+	struct stat st, sst;
+	int r;
+
+	cfs_digest_to_hex(digest, hex);
+	memcpy(dir, hex, 2);
+	dir[2] = '\0';
+
+	store = open(store_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (store < 0)
+		return -errno;
+	if (mkdirat(store, dir, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	sub = openat(store, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (sub < 0)
+		return -errno;
+	if (fstatat(sub, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		return 0; /* objects are immutable: an existing one is kept */
+	if (errno != ENOENT)
+		return -errno;
+	if (fstat(src_fd, &sst) < 0)
+		return -errno;
+
+	for (int tries = 0;; tries++) {
+		uint64_t rnd;
+		if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+			rnd = (uint64_t)getpid() * 1000003u + (uint64_t)tries;
+		snprintf(tmp, sizeof(tmp), ".tmp-%.8s-%016llx", name, (unsigned long long)rnd);
+		tfd = openat(sub, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+		if (tfd >= 0)
+			break;
+		if (errno != EEXIST || tries > 16)
+			return -errno;
+	}
+
+	if (ioctl(tfd, FICLONE, src_fd) != 0)
+		r = copy_data(src_fd, tfd, (uint64_t)sst.st_size);
+	else
+		r = 0;
+	if (r >= 0 && fchmod(tfd, 0644) < 0)
+		r = -errno;
+	if (r >= 0 && fsync(tfd) < 0)
+		r = -errno;
+	if (r >= 0 && fstat(tfd, &st) < 0)
+		r = -errno;
+	if (r >= 0 && st.st_size != sst.st_size)
+		r = -EIO;
+	closep(&tfd);
+	tfd = -EBADF;
+	if (r >= 0) {
+		try_enable_verity(sub, tmp);
+		r = link_noreplace(sub, tmp, name);
+		if (r == -EEXIST) /* another writer got there first: same content */
+			r = 0;
+	}
+	(void)unlinkat(sub, tmp, 0); /* gone already after a rename */
+	if (r >= 0)
+		(void)fsync(sub);
+	return r;
+}
