@@ -74,6 +74,19 @@ struct cfs_backing {
  * @flags: reserved, pass 0. */
 int cfs_img_open_fd(int fd, unsigned flags, struct cfs_image **ret_img);
 int cfs_img_open_mem(const void *data, size_t size, unsigned flags, struct cfs_image **ret_img);
+/* Why an open failed, for messages: filled by the *_ex variants on error. */
+struct cfs_img_diag {
+	uint32_t unsupported_incompat; /* EROFS feature_incompat bits we refuse */
+	char reason[160];              /* one line, no trailing newline */
+};
+/* As above; on failure, if @diag is not NULL, it describes the reason.
+ * -EOPNOTSUPP with diag->unsupported_incompat != 0 names refused features
+ * (see cfs_img_incompat_name()). */
+int cfs_img_open_fd_ex(int fd, unsigned flags, struct cfs_img_diag *diag, struct cfs_image **ret_img);
+int cfs_img_open_mem_ex(const void *data, size_t size, unsigned flags, struct cfs_img_diag *diag,
+			struct cfs_image **ret_img);
+/* Name of one EROFS feature_incompat bit ("device_table", ...), or NULL. */
+const char *cfs_img_incompat_name(uint32_t bit);
 struct cfs_image *cfs_img_ref(struct cfs_image *img);
 struct cfs_image *cfs_img_unref(struct cfs_image *img); /* takes NULL, returns NULL */
 CFS_DEFINE_CLEANUP(struct cfs_image *, cfs_img_unref)
@@ -134,3 +147,22 @@ int cfs_img_get_backing(const struct cfs_image *img, const struct cfs_inode *ino
 /* Print the image as a composefs dump file, exactly as upstream
  * `composefs-info dump` does. */
 int cfs_img_print_dump(const struct cfs_image *img, FILE *out);
+
+/* Upstream composefs-info views of an image.  They load the tree the way
+ * upstream's reader does (skipping the 00..ff whiteouts, hiding and
+ * unescaping overlay xattrs, turning escaped whiteouts back into 0:0
+ * character devices, hard links as '@' entries) and print nothing if any
+ * part of the image is corrupt.  @toplevel (NULL or a NULL-terminated list)
+ * restricts the root to the named entries, like `composefs-info --filter`. */
+enum cfs_img_listing {
+	CFS_IMG_LIST_DUMP, /* `composefs-info dump` */
+	CFS_IMG_LIST_LS,   /* `composefs-info ls` */
+};
+int cfs_img_print_listing(const struct cfs_image *img, enum cfs_img_listing what,
+			  const char *const *toplevel, FILE *out);
+/* Calls @fn for each regular file's backing path as upstream reports it for
+ * `composefs-info objects` (the redirect without its leading '/'), in tree
+ * order, duplicates included.  Same return convention as cfs_dirent_fn. */
+typedef int (*cfs_object_fn)(void *userdata, const char *path);
+int cfs_img_list_objects(const struct cfs_image *img, const char *const *toplevel,
+			 cfs_object_fn fn, void *userdata);

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Private interface between the image reader (image.c) and the printers
+ * built on it (dump-print.c).  Not for use outside format/.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cfs-image.h"
+
+/* Called for each raw xattr entry: @index is the EROFS name prefix index,
+ * @suffix/@suffix_len the stored name (not NUL-terminated, may contain any
+ * byte).  Same return convention as cfs_xattr_fn. */
+typedef int (*cfs_raw_xattr_fn)(void *userdata, uint8_t index, const char *suffix,
+				size_t suffix_len, const uint8_t *value, size_t value_len);
+
+/* Inline entries first, then shared ones (the order of the kernel's
+ * listxattr).  Entries are bounds-checked; names are not interpreted. */
+int cfs_img_iterate_raw_xattrs(const struct cfs_image *img, const struct cfs_inode *ino,
+			       cfs_raw_xattr_fn fn, void *userdata);
+
+/* The name prefix of an EROFS xattr index, or NULL for an unknown index.
+ * Index 0 has the empty prefix. */
+const char *cfs_img_xattr_prefix(uint8_t index);
+
+/* Like cfs_img_iterate_dir() but without rejecting names that contain '/'
+ * or NUL (the dump printer reproduces upstream's handling of those). */
+int cfs_img_iterate_dir_raw(const struct cfs_image *img, const struct cfs_inode *dir,
+			    uint64_t cookie, cfs_dirent_fn fn, void *userdata);
