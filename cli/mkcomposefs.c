@@ -22,6 +22,7 @@
 
 #include "cas.h"
 #include "cfs-writer.h"
+#include "output.h"
 
 static const char *prog = "mkcomposefs";
 
@@ -70,35 +71,6 @@ __attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt,
 	va_end(ap);
 	fputc('\n', stderr);
 	exit(EXIT_FAILURE);
-}
-
-/* ---- the image in memory --------------------------------------------------- */
-
-struct membuf {
-	uint8_t *data;
-	size_t len, cap;
-};
-
-static int membuf_write(void *userdata, const void *buf, size_t len)
-{
-	struct membuf *m = userdata;
-
-	if (m->cap - m->len < len) {
-		size_t cap = m->cap ? m->cap : 1 << 20;
-		while (cap - m->len < len) {
-			if (cap > SIZE_MAX / 2)
-				return -ENOMEM;
-			cap *= 2;
-		}
-		uint8_t *n = realloc(m->data, cap);
-		if (!n)
-			return -ENOMEM;
-		m->data = n;
-		m->cap = cap;
-	}
-	memcpy(m->data + m->len, buf, len);
-	m->len += len;
-	return 0;
 }
 
 /* ---- file contents of a scanned tree ---------------------------------------- */
@@ -301,86 +273,6 @@ static void mkdir_p(const char *path)
 		die("%s: not a directory", path);
 }
 
-/* ---- output ------------------------------------------------------------------ */
-
-static int write_all(int fd, const uint8_t *p, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -ENOSPC;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* Targets that are not plain files in a writable directory (a device, a
- * pipe, /proc/self/fd/N) are written in place. */
-static bool write_in_place(const char *out)
-{
-	struct stat st;
-
-	if (strncmp(out, "/proc/", 6) == 0 || strncmp(out, "/dev/", 5) == 0)
-		return true;
-	return stat(out, &st) == 0 && !S_ISREG(st.st_mode);
-}
-
-static void write_output(const char *out, const struct membuf *img)
-{
-	_cleanup_free_ char *tmp = NULL;
-	const char *slash;
-	mode_t mask;
-	int fd, r;
-
-	if (strcmp(out, "-") == 0) {
-		if (isatty(STDOUT_FILENO))
-			die("stdout is a tty, refusing to write an image to it");
-		r = write_all(STDOUT_FILENO, img->data, img->len);
-		if (r < 0)
-			die("stdout: %s", strerror(-r));
-		return;
-	}
-	if (write_in_place(out)) {
-		fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-		if (fd < 0)
-			die("%s: cannot open output file: %m", out);
-		r = write_all(fd, img->data, img->len);
-		if (r >= 0 && close(fd) < 0)
-			r = -errno;
-		if (r < 0)
-			die("%s: cannot write: %s", out, strerror(-r));
-		return;
-	}
-	slash = strrchr(out, '/');
-	if (asprintf(&tmp, "%.*s.%s.tmpXXXXXX", slash ? (int)(slash - out + 1) : 0, out,
-		     slash ? slash + 1 : out) < 0)
-		die("out of memory");
-	fd = mkostemp(tmp, O_CLOEXEC);
-	if (fd < 0)
-		die("%s: cannot create output file: %m", out);
-	mask = umask(0);
-	umask(mask);
-	r = write_all(fd, img->data, img->len);
-	if (r >= 0 && fchmod(fd, 0666 & ~mask) < 0)
-		r = -errno;
-	if (r >= 0 && fsync(fd) < 0)
-		r = -errno;
-	if (close(fd) < 0 && r >= 0)
-		r = -errno;
-	if (r >= 0 && rename(tmp, out) < 0)
-		r = -errno;
-	if (r < 0) {
-		unlink(tmp);
-		die("%s: cannot write: %s", out, strerror(-r));
-	}
-}
-
 static long parse_long_opt(const char *name, const char *arg)
 {
 	char *end;
@@ -553,8 +445,11 @@ int main(int argc, char **argv)
 		    r == -EFBIG ? "file too large for a composefs chunk table" :
 		    r == -ERANGE ? "xattrs too large" : strerror(-r));
 
-	if (out)
-		write_output(out, &img);
+	if (out) {
+		_cleanup_free_ char *werr = NULL;
+		if (output_write(out, &img, &werr) < 0)
+			die("%s", werr ? werr : "out of memory");
+	}
 	if (print_digest) {
 		uint8_t digest[CFS_DIGEST_SIZE];
 		char hex[2 * CFS_DIGEST_SIZE + 1];

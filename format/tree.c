@@ -367,7 +367,7 @@ static int read_xattrs(struct scan *s, int fd, struct cfs_node *node)
 
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
 	for (;;) {
-		n = llistxattr(path, NULL, 0);
+		n = listxattr(path, NULL, 0);
 		if (n < 0)
 			return errno == ENOTSUP ? 0 : -errno;
 		if (n == 0)
@@ -376,7 +376,7 @@ static int read_xattrs(struct scan *s, int fd, struct cfs_node *node)
 		list = malloc((size_t)n);
 		if (!list)
 			return -ENOMEM;
-		ssize_t m = llistxattr(path, list, (size_t)n);
+		ssize_t m = listxattr(path, list, (size_t)n);
 		if (m >= 0) {
 			n = m;
 			break;
@@ -391,14 +391,14 @@ static int read_xattrs(struct scan *s, int fd, struct cfs_node *node)
 		if ((s->flags & CFS_SCAN_USER_XATTRS) && !cfs_has_prefix(it, "user."))
 			continue;
 		for (;;) {
-			vlen = lgetxattr(path, it, NULL, 0);
+			vlen = getxattr(path, it, NULL, 0);
 			if (vlen < 0)
 				return -errno;
 			free(value);
 			value = malloc(vlen ? (size_t)vlen : 1);
 			if (!value)
 				return -ENOMEM;
-			ssize_t m = lgetxattr(path, it, value, (size_t)vlen);
+			ssize_t m = getxattr(path, it, value, (size_t)vlen);
 			if (m >= 0) {
 				vlen = m;
 				break;

@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * composefs-dump IMAGE OUTPUT: read a composefs image and write it again
+ * with its own format version.  The image is read with the bounds-checked
+ * reader, printed as a dump (exactly as `composefs-info dump` prints it),
+ * parsed back and written by the writer: for an image made by a conforming
+ * mkcomposefs the output has the same bytes.
+ */
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cfs-image.h"
+#include "cfs-writer.h"
+#include "output.h"
+
+static const char *prog = "composefs-dump";
+
+__attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "%s: ", prog);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(EXIT_FAILURE);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: %s IMAGE OUTPUT\n"
+		"Read the composefs image IMAGE and write it again as OUTPUT ('-': stdout),\n"
+		"using the image's own format version.\n"
+		"\n"
+		"Options:\n"
+		"  -h, --help   Show this help\n",
+		prog);
+}
+
+static const char *reason(int r)
+{
+	if (r == -EFSCORRUPTED)
+		return "corrupt image";
+	if (r == -EOPNOTSUPP)
+		return "unsupported image feature";
+	return strerror(-r);
+}
+
+int main(int argc, char **argv)
+{
+	_cleanup_(cfs_img_unrefp) struct cfs_image *img = NULL;
+	_cleanup_(cfs_node_freep) struct cfs_node *root = NULL;
+	_cleanup_free_ char *text = NULL, *err = NULL;
+	struct membuf out = { 0 };
+	struct cfs_img_info info;
+	size_t text_len = 0;
+	FILE *mem;
+	int fd, r;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			usage(stdout);
+			return EXIT_SUCCESS;
+		}
+		if (argv[i][0] == '-' && argv[i][1] != '\0' && strcmp(argv[i], "--") != 0)
+			die("unknown option '%s' (see --help)", argv[i]);
+	}
+	if (argc > 1 && strcmp(argv[1], "--") == 0) {
+		argv++;
+		argc--;
+	}
+	if (argc < 3)
+		die("%s (see --help)", argc < 2 ? "no image specified" : "no output specified");
+	if (argc > 3)
+		die("too many arguments (see --help)");
+
+	fd = open(argv[1], O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		die("%s: cannot open: %m", argv[1]);
+	r = cfs_img_open_fd(fd, 0, &img);
+	close(fd);
+	if (r < 0)
+		die("%s: %s", argv[1], reason(r));
+	cfs_img_get_info(img, &info);
+	if (info.composefs_version > CFS_VERSION_MAX)
+		die("%s: unsupported composefs format version %u", argv[1], info.composefs_version);
+
+	mem = open_memstream(&text, &text_len);
+	if (!mem)
+		die("out of memory");
+	r = cfs_img_print_dump(img, mem);
+	if (fclose(mem) != 0 && r >= 0)
+		r = -ENOMEM;
+	if (r < 0)
+		die("%s: %s", argv[1], reason(r));
+
+	r = cfs_dump_parse_mem(text, text_len, 0, &root, &err);
+	if (r < 0)
+		die("%s: cannot rebuild the image from its contents: %s", argv[1],
+		    err ? err : strerror(-r));
+
+	struct cfs_write_options wo = {
+		.min_version = info.composefs_version,
+		.max_version = info.composefs_version,
+		.write = membuf_write,
+		.userdata = &out,
+	};
+	r = cfs_write_image(root, &wo, NULL);
+	if (r < 0)
+		die("%s: cannot write image: %s", argv[2], strerror(-r));
+	free(err);
+	err = NULL;
+	if (output_write(argv[2], &out, &err) < 0)
+		die("%s", err ? err : "out of memory");
+	free(out.data);
+	return EXIT_SUCCESS;
+}
