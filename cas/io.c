@@ -352,8 +352,7 @@ int cfs_seqreader_new(struct cfs_io *io, int fd, uint64_t size, struct cfs_seqre
 			return -ENOMEM;
 		}
 	}
-	if (!r->ring)
-		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	(void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 #if HAVE_IO_URING
 	if (r->ring) {
 		for (unsigned i = 0; i < SEQ_DEPTH && r->next_off < size; i++)
@@ -372,9 +371,9 @@ struct cfs_seqreader *cfs_seqreader_free(struct cfs_seqreader *r)
 		return NULL;
 #if HAVE_IO_URING
 	/* Buffers may not go while the kernel still writes into them. */
-	while (r->ring && r->inflight > 0) {
-		if (seq_reap(r, true) < 0)
-			abort();
+	for (unsigned errors = 0; r->ring && r->inflight > 0;) {
+		if (seq_reap(r, true) < 0 && ++errors > 1000)
+			abort(); /* a ring that stays broken: cannot free safely */
 	}
 #endif
 	for (unsigned i = 0; i < SEQ_DEPTH; i++)
