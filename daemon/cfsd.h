@@ -100,6 +100,8 @@ void cfsd_describe_nid(struct cfsd *d, uint64_t nid, char *buf, size_t bufsz);
 /* files.c */
 int cfsd_files_new(struct cfsd *d);
 void cfsd_files_free(struct cfsd *d);
+/* True the first time it is called for @nid: log one line per object. */
+bool cfsd_first_error(struct cfsd *d, uint64_t nid);
 void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
 void cfsd_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

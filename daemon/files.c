@@ -79,7 +79,7 @@ void cfsd_files_free(struct cfsd *d)
 }
 
 /* True the first time it is called for @nid. */
-static bool first_error_for(struct cfsd *d, uint64_t nid)
+bool cfsd_first_error(struct cfsd *d, uint64_t nid)
 {
 	struct cfsd_files *f = d->files;
 	bool first = true;
@@ -202,7 +202,7 @@ static int open_object(struct cfsd *d, struct open_inode *oi, const struct cfs_i
 		goto fail_msg;
 	}
 	if (!b.has_digest && d->verity == CFSD_VERITY_REQUIRE) {
-		if (first_error_for(d, ci->nid)) {
+		if (cfsd_first_error(d, ci->nid)) {
 			cfsd_describe_nid(d, ci->nid, where, sizeof(where));
 			cfsd_log(FUSE_LOG_ERR, "%s: object %s has no fs-verity digest and verity=require\n",
 				 where, what);
@@ -236,7 +236,7 @@ static int open_object(struct cfsd *d, struct open_inode *oi, const struct cfs_i
 	return 0;
 
 fail_msg:
-	if (first_error_for(d, ci->nid)) {
+	if (cfsd_first_error(d, ci->nid)) {
 		cfsd_describe_nid(d, ci->nid, where, sizeof(where));
 		cfsd_log(FUSE_LOG_ERR, "%s: cannot open object %s: %s\n", where, what,
 			 !d->cas && r == -ENOENT ? "no basedir= given" : strerror(-r));
@@ -266,7 +266,7 @@ void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		r = cfs_img_get_backing(d->img, &ci, &b);
 		if (r < 0) {
 			atomic_fetch_add(&d->stats.open_errors, 1);
-			if (first_error_for(d, ci.nid)) {
+			if (cfsd_first_error(d, ci.nid)) {
 				char where[1024];
 				cfsd_describe_nid(d, ci.nid, where, sizeof(where));
 				cfsd_log(FUSE_LOG_ERR, "%s: corrupt overlay metadata: %s\n", where,
@@ -333,7 +333,7 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 			return (void)fuse_reply_err(req, -r);
 		n = cfs_img_read(d->img, &ci, (uint64_t)off, buf, size);
 		if (n < 0) {
-			if (first_error_for(d, ci.nid))
+			if (cfsd_first_error(d, ci.nid))
 				cfsd_log(FUSE_LOG_ERR, "image: cannot read data of nid %llu: %s\n",
 					 (unsigned long long)ci.nid, strerror((int)-n));
 			atomic_fetch_add(&d->stats.read_errors, 1);
@@ -345,7 +345,7 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 			bool expected = false;
 			atomic_fetch_add(&d->stats.read_errors, 1);
 			if (atomic_compare_exchange_strong(&oi->read_error_logged, &expected, true) &&
-			    first_error_for(d, oi->nid ^ (1ULL << 63))) {
+			    cfsd_first_error(d, oi->nid ^ (1ULL << 63))) {
 				char where[1024];
 				struct cfs_inode ci;
 				struct cfs_backing b;

@@ -65,6 +65,20 @@ static bool is_whiteout(const struct cfs_inode *ci)
 	return S_ISCHR(ci->mode) && ci->rdev == 0;
 }
 
+/* overlayfs refuses to look up a metacopy file whose data it cannot find:
+ * data-only layers are reachable only through a redirect, so a metacopy
+ * without one (or a malformed metacopy) fails with EIO, while readdir still
+ * lists the name.  Returns 0 or -EIO. */
+static int check_lookup_data(struct cfsd *d, const struct cfs_inode *ci)
+{
+	struct cfs_backing b;
+	if (!S_ISREG(ci->mode))
+		return 0;
+	if (cfs_img_get_backing(d->img, ci, &b) < 0 || (b.is_external && !b.redirect))
+		return -EIO;
+	return 0;
+}
+
 static void fill_stat(const struct cfsd *d, const struct cfs_inode *ci, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
@@ -154,6 +168,15 @@ static void cfsd_op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return (void)fuse_reply_err(req, r == -ENOMEM ? ENOMEM : EIO);
 	if (is_whiteout(&ci))
 		goto negative; /* a whiteout hides itself */
+	r = check_lookup_data(d, &ci);
+	if (r < 0) {
+		if (cfsd_first_error(d, ci.nid)) {
+			char where[1024];
+			cfsd_describe_nid(d, ci.nid, where, sizeof(where));
+			cfsd_log(FUSE_LOG_ERR, "%s: metacopy file without a usable redirect\n", where);
+		}
+		return (void)fuse_reply_err(req, -r);
+	}
 	fill_entry(d, &ci, &e);
 	fuse_reply_entry(req, &e);
 	return;
@@ -254,6 +277,9 @@ static int readdir_one(void *userdata, const char *name, size_t namelen, uint64_
 		if (!dot && is_whiteout(&ci))
 			return 0;
 		fill_entry(c->d, &ci, &e);
+		/* Listed, but no attributes: a lookup of it fails. */
+		if (c->plus && check_lookup_data(c->d, &ci) < 0)
+			e.ino = 0;
 	} else {
 		memset(&e, 0, sizeof(e));
 		e.attr.st_ino = cfsd_nid_to_ino(c->d->root_nid, nid);

@@ -1,0 +1,638 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""composefs-fuse against the kernel's own composefs mount (erofs + overlayfs
+with the object store as a data-only layer): same tree, same metadata, same
+xattrs, same content; verified reads; startup errors; readiness; shutdown."""
+import contextlib
+import glob
+import os
+import random
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import (CONFORMANCE, SUSPICIOUS, assert_same_tree, fuse_mount, kernel_mount,
+                      list_xattrs, needs_root, run, snapshot, tool, wait_for_mount)
+
+pytestmark = [needs_root,
+              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")]
+
+
+# ---------------------------------------------------------------- helpers
+
+def _w(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def make_tree(root, many=10000, seed=1):
+    """A tree with every file type, hard links, odd names, deep nesting, a big
+    directory, big/sparse/inline files and xattrs of every namespace."""
+    rnd = random.Random(seed)
+    R = os.fsencode(root)
+
+    def p(*parts):
+        return os.path.join(R, *[os.fsencode(x) if isinstance(x, str) else x for x in parts])
+
+    def rand(n):
+        return rnd.randbytes(n)
+
+    os.makedirs(p("files"))
+    _w(p("files", "empty"), b"")
+    _w(p("files", "one"), b"x")
+    _w(p("files", "inline64"), b"i" * 64)
+    _w(p("files", "small65"), b"s" * 65)
+    _w(p("files", "block"), rand(4096))
+    _w(p("files", "block1"), rand(4097))
+    _w(p("files", "mib1"), rand((1 << 20) + 1))
+    _w(p("files", "big"), rand(6 << 20))
+    with open(p("files", "sparse"), "wb") as f:
+        f.truncate(64 << 20)
+        f.write(rand(5000))
+        f.seek(32 << 20)
+        f.write(rand(4096))
+        f.seek((64 << 20) - 4)
+        f.write(b"tail")
+    # hard links: external, inline and empty files
+    os.link(p("files", "block"), p("files", "block.link"))
+    os.link(p("files", "block"), p("block.link2"))
+    os.link(p("files", "one"), p("files", "one.link"))
+    os.link(p("files", "empty"), p("files", "empty.link"))
+    # symlinks
+    os.makedirs(p("links"))
+    os.symlink("../files/one", p("links", "rel"))
+    os.symlink("/etc/passwd", p("links", "abs"))
+    os.symlink("nowhere/at/all", p("links", "dangling"))
+    os.symlink("a/" * 1000 + "end", p("links", "long"))
+    # special files
+    os.makedirs(p("special"))
+    os.mkfifo(p("special", "fifo"))
+    os.mknod(p("special", "null"), stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(p("special", "loop"), stat.S_IFBLK | 0o660, os.makedev(7, 0))
+    os.mknod(p("special", "bigdev"), stat.S_IFCHR | 0o600, os.makedev(259, 65537))
+    s = socket.socket(socket.AF_UNIX)
+    cwd = os.getcwd()
+    try:
+        os.chdir(p("special"))
+        s.bind("sock")
+    finally:
+        os.chdir(cwd)
+        s.close()
+    # an overlay whiteout and a name that only looks like one
+    os.makedirs(p("wh"))
+    os.mknod(p("wh", "gone"), stat.S_IFCHR | 0o644, os.makedev(0, 0))
+    _w(p("wh", "00"), b"not a whiteout")
+    _w(p("wh", "kept"), b"kept")
+    # odd names
+    os.makedirs(p("names"))
+    for n in ["with space", "new\nline", "tab\there", "back\\slash", "-dash", ".hidden",
+              "ünïcødé", "n" * 255, b"latin1-\xe9\xff\xfe", "quote\"'", "=eq=", "%s%n"]:
+        _w(p("names", n), n.encode() if isinstance(n, str) else n)
+    # deep nesting
+    deep = p("deep")
+    for i in range(40):
+        deep = os.path.join(deep, b"d%d" % i)
+    os.makedirs(deep)
+    _w(os.path.join(deep, b"leaf"), b"deep leaf\n")
+    # a big directory
+    os.makedirs(p("many"))
+    for i in range(many):
+        _w(p("many", "f%05d" % i), b"%d\n" % i if i % 3 else b"")
+    # xattrs of every namespace
+    os.makedirs(p("x"))
+    xf = p("x", "file")
+    _w(xf, rand(10000))
+    os.setxattr(xf, "user.a", b"value")
+    os.setxattr(xf, "user.bin", bytes(range(256)))
+    os.setxattr(xf, "user.empty", b"")
+    os.setxattr(xf, "user.large", rand(3000))
+    os.setxattr(xf, "trusted.t", b"trusted value")
+    os.setxattr(xf, "security.s", b"security value")
+    os.setxattr(xf, "trusted.overlay.custom", b"escaped")   # stored escaped
+    os.setxattr(xf, "user.overlay.u", b"user overlay")
+    os.setxattr(p("x"), "user.dir", b"on a dir")
+    os.setxattr(p("x"), "trusted.overlay.opaque", b"y")     # an escaped opaque
+    os.symlink("file", p("x", "sym"))
+    os.setxattr(p("x", "sym"), "trusted.sym", b"on a symlink", follow_symlinks=False)
+    for i in range(20):
+        f = p("x", "shared%d" % i)
+        _w(f, b"%d" % i)
+        os.setxattr(f, "user.shared", b"the same value everywhere")
+        os.setxattr(f, "user.own", b"%d" % i)
+    if shutil.which("setfacl"):
+        _w(p("x", "acl"), b"acl file")
+        run(["setfacl", "-m", "u:1234:r-x,g:5678:rw-", os.fsdecode(p("x", "acl"))])
+        os.makedirs(p("x", "acldir"))
+        run(["setfacl", "-d", "-m", "u:4321:rwx", os.fsdecode(p("x", "acldir"))])
+    # modes, owners, times
+    os.makedirs(p("modes"))
+    for name, mode in [("suid", 0o4755), ("sgid", 0o2711), ("none", 0o000), ("private", 0o600),
+                       ("exec", 0o755)]:
+        _w(p("modes", name), name.encode())
+        os.chmod(p("modes", name), mode)
+    os.makedirs(p("modes", "sticky"))
+    os.chmod(p("modes", "sticky"), 0o1777)
+    _w(p("modes", "owned"), b"owned")
+    os.chown(p("modes", "owned"), 1234, 5678)
+    os.lchown(p("links", "rel"), 4321, 8765)
+    os.utime(p("modes", "owned"), ns=(0, 1234567890123456789))
+    os.utime(p("modes", "exec"), ns=(0, 1))
+    os.utime(p("links", "abs"), ns=(0, 987654321 * 10**9 + 42), follow_symlinks=False)
+    os.utime(p("modes"), ns=(0, 1500000000 * 10**9 + 7))
+
+
+def build_image(src, out, extra=()):
+    """Build IMAGE and OBJECTS from SRC with the project's mkcomposefs."""
+    img = os.path.join(out, "image.cfs")
+    objs = os.path.join(out, "objects")
+    os.makedirs(objs, exist_ok=True)
+    run([tool("mkcomposefs"), f"--digest-store={objs}", *extra, src, img])
+    return img, objs
+
+
+def object_of(img, path):
+    """The object path (xx/yyyy...) of PATH in IMG, read from the kernel mount
+    of the image's metadata layer."""
+    top = tempfile.mkdtemp(prefix="cfs-meta-")
+    try:
+        run(["mount", "-t", "erofs", "-o", "loop,ro", img, top])
+        try:
+            v = os.getxattr(os.path.join(top, path.lstrip("/")), "trusted.overlay.redirect")
+        finally:
+            subprocess.run(["umount", top])
+    finally:
+        os.rmdir(top)
+    return v.decode().lstrip("/")
+
+
+def dir_sizes(root):
+    out = {}
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in [dirpath] + [os.path.join(dirpath, n) for n in dirnames]:
+            st = os.lstat(d)
+            out[os.path.relpath(d, root)] = (st.st_size, st.st_nlink)
+    return out
+
+
+def listing(root):
+    """Like conftest.snapshot(content=False), but a name that cannot be
+    looked up (overlayfs: metacopy without data) is recorded with its errno."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames) + ([""] if dirpath == root else []):
+            p = os.path.join(dirpath, name) if name else dirpath
+            rel = os.path.relpath(p, root)
+            try:
+                st = os.lstat(p)
+            except OSError as e:
+                out[rel] = {"error": e.errno}
+                continue
+            e = {"mode": st.st_mode, "nlink": st.st_nlink, "uid": st.st_uid,
+                 "gid": st.st_gid, "size": st.st_size, "mtime": st.st_mtime_ns,
+                 "rdev": st.st_rdev, "blocks": st.st_blocks if not stat.S_ISREG(st.st_mode) else None,
+                 "xattrs": list_xattrs(p)}
+            if stat.S_ISLNK(st.st_mode):
+                e["target"] = os.readlink(p)
+            out[rel] = e
+    return out
+
+
+@pytest.fixture(scope="module")
+def gen_tree(tmp_path_factory):
+    base = tmp_path_factory.mktemp("gen")
+    src = os.path.join(base, "src")
+    make_tree(src)
+    img, objs = build_image(src, str(base))
+    return src, img, objs
+
+
+# ---------------------------------------------------------------- differential
+
+@pytest.mark.parametrize("options", [[], ["passthrough=off", "io=pread"], ["verity=off"],
+                                     ["passthrough=always"]],
+                         ids=["default", "pread", "verity-off", "passthrough-always"])
+def test_generated_tree_matches_kernel(gen_tree, options):
+    src, img, objs = gen_tree
+    with kernel_mount(img, objs) as kmnt:
+        ksnap = snapshot(kmnt)
+        kdirs = dir_sizes(kmnt)
+    with fuse_mount(img, objs, options=options) as (fmnt, proc):
+        fsnap = snapshot(fmnt)
+        fdirs = dir_sizes(fmnt)
+        # the 256 whiteouts in the root are invisible, also to lookups
+        for n in ("00", "7f", "ff"):
+            assert not os.path.lexists(os.path.join(fmnt, n))
+        assert os.path.exists(os.path.join(fmnt, "wh", "00"))
+    assert len(fsnap) > 10000
+    assert_same_tree(ksnap, fsnap)
+    assert kdirs == fdirs
+    # and the tree is the source tree (spot checks on content and names)
+    assert fsnap["files/mib1"]["sha256"] == ksnap["files/mib1"]["sha256"]
+    assert os.fsdecode(b"names/latin1-\xe9\xff\xfe") in fsnap
+    # a whiteout in the source is stored escaped: the kernel shows an empty
+    # file carrying the (unescaped) overlay xattrs, for a nested overlay
+    gone = fsnap["wh/gone"]
+    assert stat.S_ISREG(gone["mode"]) and gone["size"] == 0
+    assert "trusted.overlay.whiteout" in gone["xattrs"]
+    assert fsnap["x/file"]["xattrs"]["trusted.overlay.custom"] == b"escaped"
+
+
+def test_conformance_dumps_match_kernel(tmp_path):
+    """Images built from the conformance dumps: metadata as the kernel shows
+    it (their objects are not available, so no content)."""
+    dumps = sorted(glob.glob(os.path.join(CONFORMANCE, "dumps", "*.dump")))
+    assert dumps
+    compared = 0
+    for dump in dumps:
+        name = os.path.basename(dump)
+        img = str(tmp_path / (name + ".img"))
+        objs = tmp_path / "empty-objects"
+        objs.mkdir(exist_ok=True)
+        extra = []
+        vf = dump + ".version"
+        if os.path.exists(vf):
+            v = open(vf).read().strip()
+            extra = [f"--min-version={v}", f"--max-version={v}"]
+        run([tool("mkcomposefs"), "--from-file", *extra, dump, img])
+        with kernel_mount(img, str(objs)) as kmnt:
+            ksnap = listing(kmnt)
+        with fuse_mount(img, str(objs)) as (fmnt, proc):
+            fsnap = listing(fmnt)
+        assert_same_tree(ksnap, fsnap)
+        compared += 1
+    assert compared == len(dumps)
+
+
+def test_usr_share_doc_matches_kernel(tmp_path):
+    if not os.path.isdir("/usr/share/doc"):
+        pytest.skip("no /usr/share/doc")
+    src = str(tmp_path / "doc")
+    run(["cp", "-a", "/usr/share/doc", src])
+    img, objs = build_image(src, str(tmp_path))
+    with kernel_mount(img, objs) as kmnt:
+        ksnap = snapshot(kmnt)
+    with fuse_mount(img, objs) as (fmnt, proc):
+        fsnap = snapshot(fmnt)
+    assert len(fsnap) > 1000
+    assert_same_tree(ksnap, fsnap)
+    # and equal to the source itself, the whole way down
+    ssnap = snapshot(src)
+    for k in ssnap:
+        if k in (".", "<hardlinks>"):
+            continue
+        for field in ("mode", "uid", "gid", "size", "mtime", "sha256", "target"):
+            assert ssnap[k].get(field) == fsnap[k].get(field), (k, field)
+
+
+# ---------------------------------------------------------------- data path
+
+def _stats(path):
+    out = {}
+    for line in open(path):
+        k, v = line.split()
+        out[k] = int(v)
+    return out
+
+
+def test_passthrough_used_as_root(gen_tree, tmp_path):
+    src, img, objs = gen_tree
+    stats = str(tmp_path / "stats")
+    with fuse_mount(img, objs, options=["verity=off", f"stats_file={stats}"]) as (fmnt, proc):
+        for name in ("files/mib1", "files/big", "files/sparse", "files/block"):
+            with open(os.path.join(fmnt, name), "rb") as f:
+                assert f.read() == open(os.path.join(src, name), "rb").read()
+        # mmap works on a passthrough file
+        import mmap
+        with open(os.path.join(fmnt, "files/big"), "rb") as f:
+            m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            want = open(os.path.join(src, "files/big"), "rb").read()
+            assert m[:] == want
+            assert m[12345:23456] == want[12345:23456]
+            m.close()
+        # SEEK_DATA/SEEK_HOLE on the sparse file
+        with open(os.path.join(fmnt, "files/sparse"), "rb") as f:
+            fd = f.fileno()
+            assert os.lseek(fd, 0, os.SEEK_DATA) == 0
+            hole = os.lseek(fd, 0, os.SEEK_HOLE)
+            # as sparse as the backing object is
+            obj = os.path.join(objs, object_of(img, "files/sparse"))
+            ofd = os.open(obj, os.O_RDONLY)
+            try:
+                assert hole == os.lseek(ofd, 0, os.SEEK_HOLE)
+                assert os.lseek(fd, 32 << 20, os.SEEK_DATA) == os.lseek(ofd, 32 << 20, os.SEEK_DATA)
+            finally:
+                os.close(ofd)
+    s = _stats(stats)
+    assert s["opens_passthrough"] >= 4
+    assert s["opens_daemon"] == 0
+    # no read of those files reached the daemon
+    assert s["reads"] == 0, s
+    assert "kernel passthrough" in proc.stderr_text
+
+
+def test_passthrough_always_verifies_first(gen_tree, tmp_path):
+    """passthrough=always checks the whole object at open; a corrupt object
+    is refused instead of being handed to the kernel."""
+    src, img, objs = gen_tree
+    objs2 = str(tmp_path / "objs")
+    shutil.copytree(objs, objs2)
+    obj = os.path.join(objs2, object_of(img, "files/mib1"))
+    with open(obj, "r+b") as f:
+        f.seek(700000)
+        b = f.read(1)
+        f.seek(700000)
+        f.write(bytes([b[0] ^ 0x55]))
+    stats = str(tmp_path / "stats")
+    with fuse_mount(img, objs2, options=["passthrough=always", "tree_cache=none",
+                                         f"stats_file={stats}"]) as (fmnt, proc):
+        with pytest.raises(OSError) as e:
+            open(os.path.join(fmnt, "files/mib1"), "rb").read()
+        assert e.value.errno == 5
+        with open(os.path.join(fmnt, "files/big"), "rb") as f:
+            assert f.read() == open(os.path.join(src, "files/big"), "rb").read()
+    s = _stats(stats)
+    assert s["opens_passthrough"] >= 1
+    assert s["reads"] == 0
+
+
+def test_daemon_served_reads_keep_cache(gen_tree, tmp_path):
+    src, img, objs = gen_tree
+    stats = str(tmp_path / "stats")
+    with fuse_mount(img, objs, options=["passthrough=off", f"stats_file={stats}"]) as (fmnt, proc):
+        want = open(os.path.join(src, "files/big"), "rb").read()
+        for _ in range(3):
+            with open(os.path.join(fmnt, "files/big"), "rb") as f:
+                assert f.read() == want
+    s = _stats(stats)
+    assert s["opens_daemon"] == 3 and s["opens_passthrough"] == 0
+    # the second and third opens are served from the kernel's page cache
+    assert s["read_bytes"] <= len(want) + (1 << 20), s
+    assert "daemon-served reads, verification: userspace" in proc.stderr_text
+
+
+def test_tampered_object_gives_eio_for_the_bad_block(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    data = random.Random(5).randbytes(4 << 20)
+    _w(src / "victim", data)
+    _w(src / "other", data[::-1])
+    img, objs = build_image(str(src), str(tmp_path))
+    obj = os.path.join(objs, object_of(img, "victim"))
+    bad = 2 * (1 << 20) + 100       # inside block 512
+    with fuse_mount(img, objs, options=["tree_cache=none", "passthrough=off"]) as (fmnt, proc):
+        fd = os.open(os.path.join(fmnt, "victim"), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            # the object changes after the file was opened (tree built, root checked)
+            with open(obj, "r+b") as f:
+                f.seek(bad)
+                f.write(bytes([data[bad] ^ 1]))
+            assert os.pread(fd, 4096, 0) == data[:4096]
+            assert os.pread(fd, 4096, 3 << 20) == data[3 << 20:(3 << 20) + 4096]
+            with pytest.raises(OSError) as e:
+                os.pread(fd, 4096, bad & ~4095)
+            assert e.value.errno == 5
+            # intact blocks right next to it still read
+            assert os.pread(fd, 4096, (bad & ~4095) + 4 * 4096) == \
+                data[(bad & ~4095) + 4 * 4096:(bad & ~4095) + 5 * 4096]
+        finally:
+            os.close(fd)
+        with open(os.path.join(fmnt, "other"), "rb") as f:
+            assert f.read() == data[::-1]
+    lines = [l for l in proc.stderr_text.splitlines() if "victim" in l]
+    assert len(lines) == 1, proc.stderr_text
+    assert object_of(img, "victim") in lines[0]
+
+
+def test_missing_object_gives_eio_and_the_rest_reads(gen_tree, tmp_path):
+    src, img, objs = gen_tree
+    objs2 = str(tmp_path / "objs")
+    shutil.copytree(objs, objs2)
+    gone = object_of(img, "files/mib1")
+    os.unlink(os.path.join(objs2, gone))
+    with fuse_mount(img, objs2) as (fmnt, proc):
+        for _ in range(3):
+            with pytest.raises(OSError) as e:
+                open(os.path.join(fmnt, "files/mib1"), "rb").read()
+            assert e.value.errno == 5
+        assert os.stat(os.path.join(fmnt, "files/mib1")).st_size == (1 << 20) + 1
+        with open(os.path.join(fmnt, "files/big"), "rb") as f:
+            assert f.read() == open(os.path.join(src, "files/big"), "rb").read()
+        assert len(os.listdir(os.path.join(fmnt, "many"))) == 10000
+    lines = [l for l in proc.stderr_text.splitlines() if gone in l]
+    assert len(lines) == 1, proc.stderr_text
+    assert "/files/mib1" in lines[0]
+
+
+def test_verity_require_refuses_files_without_digest(tmp_path):
+    content = b"no digest for me\n" * 10
+    objs = tmp_path / "objs"
+    (objs / "ab").mkdir(parents=True)
+    rel = "ab/" + "c" * 62
+    _w(objs / rel, content)
+    dump = tmp_path / "d.dump"
+    dump.write_text(f"/ 4096 40755 2 0 0 0 0.0 - - -\n"
+                    f"/nodigest {len(content)} 100644 1 0 0 0 0.0 {rel} - -\n"
+                    f"/inline 3 100644 1 0 0 0 0.0 - abc -\n")
+    img = str(tmp_path / "img")
+    run([tool("mkcomposefs"), "--from-file", str(dump), img])
+    with fuse_mount(img, str(objs)) as (fmnt, proc):
+        assert open(os.path.join(fmnt, "nodigest"), "rb").read() == content
+    with fuse_mount(img, str(objs), options=["verity=require"]) as (fmnt, proc):
+        with pytest.raises(OSError) as e:
+            open(os.path.join(fmnt, "nodigest"), "rb")
+        assert e.value.errno == 5
+        assert open(os.path.join(fmnt, "inline"), "rb").read() == b"abc"
+    assert "verity=require" in proc.stderr_text
+
+
+def test_read_only(gen_tree):
+    src, img, objs = gen_tree
+    with fuse_mount(img, objs) as (fmnt, proc):
+        for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
+            with pytest.raises(OSError) as e:
+                os.open(os.path.join(fmnt, "files/one"), flags)
+            assert e.value.errno == 30
+        for fn in (lambda: os.mkdir(os.path.join(fmnt, "new")),
+                   lambda: os.unlink(os.path.join(fmnt, "files/one")),
+                   lambda: os.setxattr(os.path.join(fmnt, "files/one"), "user.x", b"1"),
+                   lambda: os.chmod(os.path.join(fmnt, "files/one"), 0o777),
+                   lambda: open(os.path.join(fmnt, "newfile"), "wb")):
+            with pytest.raises(OSError) as e:
+                fn()
+            assert e.value.errno == 30
+        st = os.statvfs(fmnt)
+        assert st.f_flag & os.ST_RDONLY
+        assert st.f_namemax == 255
+
+
+# ---------------------------------------------------------------- startup
+
+def _fails_before_mount(args, what, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    p = run([tool("composefs-fuse"), "-f", *args(str(mnt))], check=False, timeout=30)
+    assert p.returncode != 0
+    assert not os.path.ismount(mnt)
+    err = p.stderr.decode()
+    assert what in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_startup_errors(gen_tree, tmp_path):
+    src, img, objs = gen_tree
+    garbage = tmp_path / "garbage"
+    _w(garbage, b"\0" * 8192)
+    _fails_before_mount(lambda m: [str(garbage), m], "garbage", tmp_path)
+    _fails_before_mount(lambda m: [str(tmp_path / "absent"), m], "absent", tmp_path)
+    _fails_before_mount(lambda m: ["-o", "digest=" + "0" * 64, img, m], "does not match",
+                        tmp_path)
+    _fails_before_mount(lambda m: ["-o", "digest=xyz", img, m], "digest=xyz", tmp_path)
+    _fails_before_mount(lambda m: ["-o", f"basedir={objs}:/nonexistent-store", img, m],
+                        "/nonexistent-store", tmp_path)
+    _fails_before_mount(lambda m: [img, str(tmp_path / "no-such-mnt")], "no-such-mnt", tmp_path)
+    _fails_before_mount(lambda m: [img, img], "not a directory", tmp_path)
+    _fails_before_mount(lambda m: ["-o", "verity=maybe", img, m], "verity=maybe", tmp_path)
+    _fails_before_mount(lambda m: ["-o", "bogus_option", img, m], "bogus_option", tmp_path)
+
+
+def test_right_digest_mounts(gen_tree):
+    src, img, objs = gen_tree
+    digest = run(["fsverity", "digest", "--compact", img]).stdout.decode().split()[0]
+    with fuse_mount(img, objs, options=[f"digest={digest}"]) as (fmnt, proc):
+        assert open(os.path.join(fmnt, "files/one"), "rb").read() == b"x"
+
+
+def test_image_changed_after_mount_is_not_seen(gen_tree, tmp_path):
+    src, img, objs = gen_tree
+    img2 = str(tmp_path / "img")
+    shutil.copy(img, img2)
+    with fuse_mount(img2, objs) as (fmnt, proc):
+        before = sorted(os.listdir(os.path.join(fmnt, "files")))
+        with open(img2, "r+b") as f:     # wreck it
+            f.write(b"\0" * 65536)
+        assert sorted(os.listdir(os.path.join(fmnt, "files"))) == before
+        assert open(os.path.join(fmnt, "files/one"), "rb").read() == b"x"
+
+
+def test_upstream_source_form(gen_tree):
+    src, img, objs = gen_tree
+    mnt = tempfile.mkdtemp(prefix="cfs-src-")
+    proc = subprocess.Popen([tool("composefs-fuse"), "-f", "-o", f"source={img},basedir={objs}",
+                             mnt], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_mount(proc, mnt)
+        assert open(os.path.join(mnt, "files/one"), "rb").read() == b"x"
+    finally:
+        subprocess.run(["fusermount3", "-u", mnt])
+        assert proc.wait(timeout=30) == 0
+        os.rmdir(mnt)
+
+
+@pytest.mark.parametrize("how", ["mount.fuse3", "mount"])
+def test_mount_helper_form(gen_tree, how):
+    """mount -t fuse.composefs-fuse IMAGE MNT -o basedir=DIR (the daemon is
+    started as `composefs-fuse IMAGE MNT -o OPTS` and daemonizes)."""
+    src, img, objs = gen_tree
+    mnt = tempfile.mkdtemp(prefix="cfs-helper-")
+    env = dict(os.environ, PATH=os.path.dirname(tool("composefs-fuse")) + ":" + os.environ["PATH"])
+    link = None
+    if how == "mount":
+        # mount(8) runs helpers with a fixed PATH: make the daemon findable
+        link = "/usr/local/sbin/composefs-fuse"
+        if os.path.lexists(link) or shutil.which("composefs-fuse", path=os.defpath +
+                                                   ":/usr/local/sbin:/usr/local/bin:/sbin:/bin"):
+            pytest.skip("a composefs-fuse is already installed")
+        os.symlink(tool("composefs-fuse"), link)
+        cmd = ["mount", "-t", "fuse.composefs-fuse", img, mnt, "-o", f"basedir={objs}"]
+    else:
+        cmd = ["mount.fuse3", img, mnt, "-t", "composefs-fuse", "-o", f"basedir={objs}"]
+    try:
+        run(cmd, env=env, timeout=60)
+        assert os.path.ismount(mnt)
+        with open(os.path.join(mnt, "files/big"), "rb") as f:
+            assert f.read() == open(os.path.join(src, "files/big"), "rb").read()
+        mi = open("/proc/self/mountinfo").read()
+        line = [l for l in mi.splitlines() if f" {mnt} " in l][0]
+        assert "fuse.composefs-fuse" in line and " ro," in line + ","
+    finally:
+        if link:
+            os.unlink(link)
+        if os.path.ismount(mnt):
+            run(["umount", mnt])
+        os.rmdir(mnt)
+
+
+# ---------------------------------------------------------------- lifecycle
+
+def test_notify_socket_ready_after_mount(gen_tree, tmp_path):
+    src, img, objs = gen_tree
+    sockpath = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sockpath)
+    sock.settimeout(20)
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    env = dict(os.environ, NOTIFY_SOCKET=sockpath)
+    proc = subprocess.Popen([tool("composefs-fuse"), "-f", "-o", f"basedir={objs}", img, mnt],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        msg = sock.recv(4096).decode()
+        assert "READY=1" in msg.split("\n")
+        assert f"MAINPID={proc.pid}" in msg
+        assert os.path.ismount(mnt)
+        assert open(os.path.join(mnt, "files/one"), "rb").read() == b"x"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "STOPPING=1" in sock.recv(4096).decode()
+        assert not os.path.ismount(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", mnt])
+        sock.close()
+    assert not SUSPICIOUS.search(proc.stderr.read())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_clean_exit(gen_tree, tmp_path, sig):
+    src, img, objs = gen_tree
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    proc = subprocess.Popen([tool("composefs-fuse"), "-f", "-o", f"basedir={objs}", img, mnt],
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_mount(proc, mnt)
+    os.listdir(mnt)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 0
+    assert not os.path.ismount(mnt)
+
+
+def test_daemonizes_without_f(gen_tree, tmp_path):
+    src, img, objs = gen_tree
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    p = run([tool("composefs-fuse"), "-o", f"basedir={objs}", img, mnt], timeout=30)
+    assert p.returncode == 0
+    try:
+        assert os.path.ismount(mnt)
+        with open(os.path.join(mnt, "files/big"), "rb") as f:
+            assert f.read() == open(os.path.join(src, "files/big"), "rb").read()
+    finally:
+        run(["fusermount3", "-u", mnt])
+    assert not os.path.ismount(mnt)
+
+
+def test_help_and_version():
+    p = run([tool("composefs-fuse"), "--help"])
+    out = p.stdout.decode()
+    for opt in ("basedir=", "digest=", "verity=", "passthrough=", "threads=", "tree_cache="):
+        assert opt in out
+    p = run([tool("composefs-fuse"), "-V"])
+    assert p.stdout.decode().startswith("composefs-fuse ")
