@@ -109,6 +109,7 @@ def fuse_mount(image, basedir=None, options=(), mnt=None, env=None, preexec_fn=N
             proc.kill()
             rc = proc.wait()
         err = proc.stderr.read()
+        proc.stderr_text = err  # for tests that check the daemon's log
         if own:
             os.rmdir(mnt)
         assert rc == 0, f"daemon exited {rc}: {err}"
