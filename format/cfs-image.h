@@ -144,6 +144,20 @@ int cfs_img_get_xattr(const struct cfs_image *img, const struct cfs_inode *ino, 
 int cfs_img_get_backing(const struct cfs_image *img, const struct cfs_inode *ino,
 			struct cfs_backing *ret_backing);
 
+/* Walk the whole tree, depth first in directory order, skipping "." and
+ * "..".  @fn is called for every directory entry with the directory's inode,
+ * the entry's full path from the root ("/a/b", NUL-terminated, @pathlen
+ * bytes), its name (a suffix of @path) and its decoded inode.  A directory
+ * is entered only the first time its nid is met (@first_visit), so loops
+ * and directory hard links in a hostile image cannot make the walk run
+ * forever; the walk uses no recursion.  Return 0 from @fn to continue, > 0
+ * to stop (cfs_img_walk returns it), < 0 to abort with that error.  The
+ * walk itself fails with -EFSCORRUPTED on a corrupt directory or inode. */
+typedef int (*cfs_walk_fn)(void *userdata, const struct cfs_inode *dir, const char *path,
+			   size_t pathlen, const char *name, size_t namelen,
+			   const struct cfs_inode *ino, bool first_visit);
+int cfs_img_walk(const struct cfs_image *img, cfs_walk_fn fn, void *userdata);
+
 /* Print the image as a composefs dump file, exactly as upstream
  * `composefs-info dump` does. */
 int cfs_img_print_dump(const struct cfs_image *img, FILE *out);

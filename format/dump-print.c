@@ -317,8 +317,9 @@ static int load_inode(struct loader *l, const struct cfs_inode *ino, struct dnod
 		ssize_t got;
 
 		(void)cfs_img_bytes(l->img, &img_size);
+		/* Upstream's dump format cannot hold more inline content. */
 		if (ino->size > INLINE_CONTENT_MAX || ino->size > img_size)
-			return -EFSCORRUPTED;
+			return -EFBIG;
 		n->content = malloc((size_t)ino->size);
 		if (!n->content)
 			return -ENOMEM;
