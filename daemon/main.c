@@ -321,6 +321,81 @@ static void *stats_thread(void *arg)
 	return NULL;
 }
 
+static char *find_in_path(const char *name)
+{
+	const char *path = getenv("PATH");
+	_cleanup_free_ char *copy = strdup(path && *path ? path : "/usr/bin:/bin");
+	char *save = NULL;
+
+	if (!copy)
+		return NULL;
+	for (char *dir = strtok_r(copy, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
+		char *p = NULL;
+		if (asprintf(&p, "%s/%s", dir, name) < 0)
+			return NULL;
+		if (access(p, X_OK) == 0)
+			return p;
+		free(p);
+	}
+	return NULL;
+}
+
+/*
+ * auto_unmount for ordinary users.  libfuse hands it to fusermount3, but
+ * fusermount3 before libfuse 3.15 (Debian 12 ships 3.14) checks for a dead
+ * filesystem by opening the mountpoint as root, which a FUSE mount without
+ * allow_other refuses with EACCES, so a killed daemon leaves a dead mount.
+ * This watchdog, a child that holds nothing but one end of a pipe, wakes up
+ * when the daemon is gone (the other end closes, even on SIGKILL), checks as
+ * the mount's owner that the mountpoint is dead (ENOTCONN) and runs
+ * `fusermount3 -u -z` on it.  After a clean unmount it finds nothing to do.
+ */
+static int start_unmount_watchdog(const char *mnt)
+{
+	_cleanup_free_ char *fusermount = find_in_path("fusermount3");
+	_cleanup_free_ char *abs = realpath(mnt, NULL);
+	int pfd[2];
+	pid_t pid;
+
+	if (!fusermount || !abs)
+		return -ENOENT;
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0) {
+		int r = -errno;
+		close(pfd[0]);
+		close(pfd[1]);
+		return r;
+	}
+	if (pid == 0) {
+		/* Only async-signal-safe calls from here: the parent has threads. */
+		char *argv[] = { "fusermount3", "-u", "-z", "-q", "--", abs, NULL };
+		char c;
+		int fd = open("/dev/null", O_RDWR);
+
+		setsid();
+		if (fd >= 0) {
+			dup2(fd, 0);
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		/* Keep no copy of /dev/fuse: it would keep a dead mount alive. */
+		close_range(3, (unsigned)pfd[0] - 1, 0);
+		close_range((unsigned)pfd[0] + 1, ~0U, 0);
+		while (read(pfd[0], &c, 1) < 0 && errno == EINTR)
+			;
+		fd = open(abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd >= 0 || errno != ENOTCONN)
+			_exit(0);
+		execv(fusermount, argv);
+		_exit(127);
+	}
+	close(pfd[0]);
+	/* pfd[1] stays open (close-on-exec) for as long as this process lives. */
+	return 0;
+}
+
 static int open_cas(struct cfsd *d, const char *basedirs, const struct cfs_cas_options *co)
 {
 	int r = cfs_cas_open(basedirs, co, &d->cas);
@@ -536,6 +611,12 @@ int main(int argc, char *argv[])
 			cfsd_log(FUSE_LOG_ERR, "cannot open object store '%s'\n", basedirs);
 			goto out_unmount;
 		}
+	}
+
+	if (geteuid() != 0 && !o.noauto_unmount && strncmp(cl.mountpoint, "/dev/fd/", 8) != 0) {
+		r = start_unmount_watchdog(cl.mountpoint);
+		if (r < 0)
+			cfsd_log(FUSE_LOG_WARNING, "auto_unmount watchdog: %s\n", strerror(-r));
 	}
 
 	stats_path = o.stats_file;
