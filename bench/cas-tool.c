@@ -4,6 +4,9 @@
  *
  *   cas-tool digest FILE...
  *       print the fs-verity digest of each file (libfsverity, as mkcomposefs)
+ *   cas-tool tree-digest [--tree-cache=DIR] FILE
+ *       build the Merkle tree with the engine's own code path (libfsverity
+ *       callbacks, read-ahead), print its digest, optionally persist it
  *   cas-tool read [OPTIONS] BASEDIR REDIRECT|- DIGEST|- SIZE [OFF:LEN...]
  *       open one object and read ranges; prints one JSON object per line:
  *       {"open": 0, "method": ..., "io": ...} then per range
@@ -16,6 +19,7 @@
  *          --reopen=N   (open, read, close N times; stats accumulate)
  *          --check-all  (cfs_object_check_all() after open)
  *          --wait       (after open, wait for a line on stdin before reading)
+ *          --deny-io-uring=enosys|eperm  (seccomp: io_uring_setup fails so)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,10 +30,16 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
-#include "cas.h"
+#include "cas-internal.h"
 
 static uint8_t fake_digest[CFS_DIGEST_SIZE];
 static int fake_error;
@@ -48,6 +58,24 @@ static int fake_enable(void *userdata, int fd)
 }
 
 static const struct cfs_verity_ops fake_ops = { .measure = fake_measure, .enable = fake_enable };
+
+/* Make io_uring_setup() fail with @err, as seccomp profiles of container
+ * runtimes do, so the run-time fallback to pread can be tested. */
+static int deny_io_uring(int err)
+{
+	struct sock_filter filter[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = ARRAY_SIZE(filter), .filter = filter };
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0)
+		return -errno;
+	return 0;
+}
 
 static int cmd_digest(int argc, char **argv)
 {
@@ -74,6 +102,51 @@ static int cmd_digest(int argc, char **argv)
 		printf("%s %s\n", hex, argv[i]);
 	}
 	return ret;
+}
+
+static int cmd_tree_digest(int argc, char **argv)
+{
+	struct cfs_cas_options opts = { .tree_cache_min_size = 1 };
+	_cleanup_(cfs_merkle_freep) struct cfs_merkle *t = NULL;
+	_cleanup_close_ int fd = -EBADF;
+	struct cfs_tree_cache tc;
+	struct cfs_io io;
+	char hex[2 * CFS_DIGEST_SIZE + 1];
+	const char *file = argv[argc - 1];
+	off_t size;
+	int r;
+
+	if (argc == 2 && strncmp(argv[0], "--tree-cache=", 13) == 0)
+		opts.tree_cache_dir = argv[0] + 13;
+	else if (argc != 1)
+		return 2;
+	fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || (size = lseek(fd, 0, SEEK_END)) < 0) {
+		fprintf(stderr, "cas-tool: cannot open '%s': %m\n", file);
+		return 1;
+	}
+	r = cfs_io_init(&io, CFS_IO_AUTO);
+	if (r < 0)
+		return 1;
+	r = cfs_merkle_build_fd(&io, fd, (uint64_t)size, NULL, &t);
+	cfs_io_fini(&io);
+	if (r < 0) {
+		fprintf(stderr, "cas-tool: tree of '%s' failed: %s\n", file, strerror(-r));
+		return 1;
+	}
+	cfs_digest_to_hex(t->digest, hex);
+	printf("%s %s\n", hex, file);
+	if (opts.tree_cache_dir) {
+		r = cfs_tree_cache_init(&tc, &opts, NULL, 0);
+		if (r == 0)
+			r = cfs_tree_cache_store(&tc, t);
+		cfs_tree_cache_fini(&tc);
+		if (r < 0) {
+			fprintf(stderr, "cas-tool: cannot persist the tree: %s\n", strerror(-r));
+			return 1;
+		}
+	}
+	return 0;
 }
 
 static void print_hex(const uint8_t *d, size_t n)
@@ -153,6 +226,7 @@ static int cmd_read(int argc, char **argv)
 		{ "reopen", required_argument, NULL, 'o' },
 		{ "check-all", no_argument, NULL, 'c' },
 		{ "wait", no_argument, NULL, 'w' },
+		{ "deny-io-uring", required_argument, NULL, 'd' },
 		{},
 	};
 	struct cfs_cas_options opts = { .verify = true };
@@ -204,6 +278,13 @@ static int cmd_read(int argc, char **argv)
 			break;
 		case 'w':
 			wait_stdin = true;
+			break;
+		case 'd':
+			r = deny_io_uring(strcmp(optarg, "eperm") == 0 ? EPERM : ENOSYS);
+			if (r < 0) {
+				fprintf(stderr, "cas-tool: seccomp: %s\n", strerror(-r));
+				return 2;
+			}
 			break;
 		default:
 			return 2;
@@ -274,6 +355,8 @@ int main(int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "digest") == 0)
 		return cmd_digest(argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "tree-digest") == 0)
+		return cmd_tree_digest(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "read") == 0)
 		return cmd_read(argc - 1, argv + 1);
 	fprintf(stderr, "usage: cas-tool digest FILE... | cas-tool read [OPTIONS] BASEDIR REDIRECT DIGEST SIZE [OFF:LEN...]\n");

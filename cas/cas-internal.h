@@ -82,8 +82,9 @@ struct cfs_io;
 /*
  * Build the tree of the @size bytes readable from @fd with libfsverity (its
  * metadata callbacks hand out the tree blocks), reading ahead through @io.
- * The digest must equal @expected, else -EIO.  A file that is shorter or
- * longer than @size is -EIO too.
+ * The digest must equal @expected, else -EIO (@expected NULL: no check, for
+ * tools that compute digests).  A file that is shorter or longer than @size
+ * is -EIO too.
  */
 int cfs_merkle_build_fd(struct cfs_io *io, int fd, uint64_t size,
 			const uint8_t expected[CFS_DIGEST_SIZE], struct cfs_merkle **ret_tree);

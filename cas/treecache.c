@@ -57,6 +57,58 @@ static int mkdir_parents(const char *path)
 	return 0;
 }
 
+/* The absolute, symlink-free path @path will have once created: the real
+ * path of its longest existing prefix plus the missing components (which
+ * may not be "." or ".."). */
+static int resolve_future_path(const char *path, char **ret)
+{
+	_cleanup_free_ char *p = strdup(path), *real = NULL;
+	const char *tail = NULL;
+	char *out;
+
+	if (!p)
+		return -ENOMEM;
+	for (;;) {
+		char *slash;
+
+		real = realpath(p[0] ? p : ".", NULL);
+		if (real)
+			break;
+		if (errno != ENOENT)
+			return -errno;
+		slash = strrchr(p, '/');
+		while (slash && slash > p && slash[-1] == '/')
+			slash--;
+		if (!slash) {
+			tail = path;
+			p[0] = '\0';
+		} else {
+			tail = path + (slash - p) + 1;
+			*slash = '\0';
+			if (slash == p) {
+				p[0] = '/';
+				p[1] = '\0';
+			}
+		}
+	}
+	if (tail) {
+		for (const char *c = tail; *c;) {
+			size_t n = strcspn(c, "/");
+
+			if ((n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+				return -EINVAL;
+			c += n;
+			c += strspn(c, "/");
+		}
+		if (asprintf(&out, "%s/%s", strcmp(real, "/") == 0 ? "" : real, tail) < 0)
+			return -ENOMEM;
+	} else {
+		out = steal_ptr(&real);
+	}
+	*ret = out;
+	return 0;
+}
+
 /* Is @inner equal to or below @outer (both resolved)? */
 static bool path_within(const char *inner, const char *outer)
 {
@@ -81,21 +133,22 @@ int cfs_tree_cache_init(struct cfs_tree_cache *tc, const struct cfs_cas_options 
 
 	if (opts->tree_cache_dir && opts->tree_cache_dir[0]) {
 		_cleanup_free_ char *real = NULL;
-		int r = mkdir_parents(opts->tree_cache_dir);
+		int r = resolve_future_path(opts->tree_cache_dir, &real);
 
 		if (r < 0)
 			return r;
-		real = realpath(opts->tree_cache_dir, NULL);
-		if (!real)
-			return -errno;
-		/* Other tools share the store: never write into it. */
+		/* Other tools share the store: never write into it (checked
+		 * before creating anything). */
 		for (size_t i = 0; i < n_basedirs; i++) {
 			_cleanup_free_ char *base = realpath(basedirs[i], NULL);
 
 			if (base && path_within(real, base))
 				return -EINVAL;
 		}
-		tc->dirfd = open(real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		r = mkdir_parents(real);
+		if (r < 0)
+			return r;
+		tc->dirfd = open(real, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 		if (tc->dirfd < 0)
 			return -errno;
 	}
