@@ -636,3 +636,46 @@ def test_help_and_version():
         assert opt in out
     p = run([tool("composefs-fuse"), "-V"])
     assert p.stdout.decode().startswith("composefs-fuse ")
+
+
+@pytest.mark.parametrize("unit", ["composefs-fuse@.service", "composefs-fuse-user@.service"])
+def test_systemd_unit_runs(gen_tree, tmp_path, unit):
+    """Start the daemon the way the unit's ExecStart does, with the unit's
+    environment file, and check Type=notify readiness and a clean stop."""
+    src, img, objs = gen_tree
+    path = os.path.join(os.environ.get("CFS_BUILD", ""), "systemd", unit)
+    if not os.path.exists(path):
+        path = os.path.join(os.path.dirname(os.path.dirname(tool("composefs-fuse"))), "systemd", unit)
+    lines = open(path).read().splitlines()
+    assert "Type=notify" in lines
+    execstart = [l for l in lines if l.startswith("ExecStart=")][0][len("ExecStart="):].split()
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    conf = {"IMAGE": img, "MOUNTPOINT": mnt, "OPTIONS": f"-o basedir={objs},verity=require"}
+    argv = [tool("composefs-fuse")]
+    for a in execstart[1:]:
+        if a == "$OPTIONS":
+            argv += conf["OPTIONS"].split()
+        elif a.startswith("${"):
+            argv.append(conf[a[2:-1]])
+        else:
+            argv.append(a)
+    sockpath = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sockpath)
+    sock.settimeout(20)
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, NOTIFY_SOCKET=sockpath))
+    try:
+        assert "READY=1" in sock.recv(4096).decode()
+        with open(os.path.join(mnt, "files/big"), "rb") as f:
+            assert f.read() == open(os.path.join(src, "files/big"), "rb").read()
+        proc.terminate()                       # what systemctl stop does
+        assert proc.wait(timeout=30) == 0
+        assert not os.path.ismount(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", mnt])
+        sock.close()
