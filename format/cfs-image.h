@@ -128,9 +128,13 @@ ssize_t cfs_img_read(const struct cfs_image *img, const struct cfs_inode *ino, u
 ssize_t cfs_img_readlink(const struct cfs_image *img, const struct cfs_inode *ino, char *buf,
 			 size_t bufsz);
 
-/* Called for each xattr, inline and shared, in on-disk order.  @name is the
- * full NUL-terminated name with the prefix expanded ("trusted.overlay.x").
- * @value is borrowed from the image.  Same return convention as above. */
+/* Called for each xattr the kernel's erofs would list: inline entries in
+ * on-disk order, then shared ones (the kernel's listxattr order); entries
+ * with no name prefix index, the lustre index or an unknown one are skipped
+ * as the kernel hides them.  @name is the full NUL-terminated name with the
+ * prefix expanded ("trusted.overlay.x"); overlay-internal names are NOT
+ * filtered here.  @value is borrowed from the image.  Same return
+ * convention as above.  A name containing NUL is -EFSCORRUPTED. */
 typedef int (*cfs_xattr_fn)(void *userdata, const char *name, const uint8_t *value,
 			    size_t value_len);
 int cfs_img_iterate_xattrs(const struct cfs_image *img, const struct cfs_inode *ino,

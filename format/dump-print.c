@@ -410,6 +410,7 @@ static bool filter_has(const char *const *toplevel, const char *name)
 static int load_tree(const struct cfs_image *img, const char *const *toplevel, struct dnode **ret_root)
 {
 	struct loader l = { .img = img };
+	uint64_t budget = cfs_img_dirent_budget(img);
 	struct frame *stack = NULL;
 	size_t depth = 0, cap = 0;
 	struct cfs_inode ino;
@@ -458,6 +459,10 @@ static int load_tree(const struct cfs_image *img, const char *const *toplevel, s
 				goto out;
 			depth--;
 			continue;
+		}
+		if (budget-- == 0) {
+			r = -EFSCORRUPTED;
+			goto out;
 		}
 		f->cookie = e.next;
 		if (e.dot)

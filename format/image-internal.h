@@ -30,3 +30,7 @@ const char *cfs_img_xattr_prefix(uint8_t index);
  * or NUL (the dump printer reproduces upstream's handling of those). */
 int cfs_img_iterate_dir_raw(const struct cfs_image *img, const struct cfs_inode *dir,
 			    uint64_t cookie, cfs_dirent_fn fn, void *userdata);
+
+/* How many directory entries a walk over the whole tree may meet before the
+ * image must be sharing directory data between inodes (-EFSCORRUPTED). */
+uint64_t cfs_img_dirent_budget(const struct cfs_image *img);

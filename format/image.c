@@ -773,6 +773,15 @@ static int walk_one_cb(void *userdata, const char *name, size_t namelen, uint64_
 	return 1;
 }
 
+uint64_t cfs_img_dirent_budget(const struct cfs_image *img)
+{
+	/* Every dirent takes at least 13 bytes of directory data, and in a
+	 * sane image no two directories share data; only a hostile image can
+	 * make a walk meet more entries than this (by pointing many directory
+	 * inodes at the same blocks), which would make walks quadratic. */
+	return img->size / sizeof(struct erofs_disk_dirent) + 64;
+}
+
 struct walk_frame {
 	struct cfs_inode dir;
 	uint64_t cookie;
@@ -786,6 +795,7 @@ int cfs_img_walk(const struct cfs_image *img, cfs_walk_fn fn, void *userdata)
 	_cleanup_free_ char *path = NULL;
 	size_t depth = 0, cap = 16, path_cap = 512;
 	uint64_t nslots = (img->size - img->meta_off) >> EROFS_ISLOTBITS;
+	uint64_t budget = cfs_img_dirent_budget(img);
 	struct cfs_inode root;
 	int r;
 
@@ -816,6 +826,8 @@ int cfs_img_walk(const struct cfs_image *img, cfs_walk_fn fn, void *userdata)
 			depth--;
 			continue;
 		}
+		if (budget-- == 0)
+			return -EFSCORRUPTED;
 		f->cookie = e.next;
 		if ((e.namelen == 1 && e.name[0] == '.') ||
 		    (e.namelen == 2 && e.name[0] == '.' && e.name[1] == '.'))
@@ -1133,6 +1145,16 @@ static int full_xattr_name(uint8_t index, const char *suffix, size_t suffix_len,
 	return 0;
 }
 
+/* The indexes the kernel exposes (fs/erofs/xattr.h has handlers for user,
+ * the two POSIX ACLs, trusted and security); entries with any other index
+ * (none, lustre, unknown) are invisible through a mount. */
+static bool xattr_index_visible(uint8_t index)
+{
+	return index == EROFS_XATTR_INDEX_USER || index == EROFS_XATTR_INDEX_POSIX_ACL_ACCESS ||
+	       index == EROFS_XATTR_INDEX_POSIX_ACL_DEFAULT || index == EROFS_XATTR_INDEX_TRUSTED ||
+	       index == EROFS_XATTR_INDEX_SECURITY;
+}
+
 static int xattr_iter_cb(void *userdata, uint8_t index, const char *suffix, size_t suffix_len,
 			 const uint8_t *value, size_t value_len)
 {
@@ -1140,6 +1162,8 @@ static int xattr_iter_cb(void *userdata, uint8_t index, const char *suffix, size
 	char name[XATTR_FULL_NAME_MAX];
 	int r;
 
+	if (!xattr_index_visible(index))
+		return 0;
 	r = full_xattr_name(index, suffix, suffix_len, name);
 	if (r < 0)
 		return r;
@@ -1178,21 +1202,24 @@ int cfs_img_get_xattr(const struct cfs_image *img, const struct cfs_inode *ino, 
 		      const uint8_t **ret_value, size_t *ret_len)
 {
 	struct xattr_get_ctx c = { 0 };
-	size_t best = 0;
+	size_t plen = 0;
 	int r;
 
-	/* Split @name into the longest matching prefix index and the rest,
-	 * the way writers store it. */
+	/* Split @name into its prefix index and the rest, the way writers
+	 * store it (no visible prefix is a prefix of another). */
 	for (uint8_t i = 1; i < ARRAY_SIZE(xattr_prefixes); i++) {
-		size_t plen = strlen(xattr_prefixes[i]);
-
-		if (plen > best && strncmp(name, xattr_prefixes[i], plen) == 0) {
-			best = plen;
+		plen = strlen(xattr_prefixes[i]);
+		if (xattr_index_visible(i) && strncmp(name, xattr_prefixes[i], plen) == 0) {
 			c.index = i;
+			break;
 		}
 	}
-	c.suffix = name + best;
+	if (!c.index)
+		return -ENODATA;
+	c.suffix = name + plen;
 	c.suffix_len = strlen(c.suffix);
+	if (c.suffix_len > EROFS_NAME_LEN)
+		return -ENODATA;
 
 	r = cfs_img_iterate_raw_xattrs(img, ino, xattr_get_cb, &c);
 	if (r < 0)
