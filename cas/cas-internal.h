@@ -185,11 +185,11 @@ struct cfs_object {
 	bool has_digest;
 	uint8_t digest[CFS_DIGEST_SIZE];
 
-	pthread_mutex_t init_lock;    /* held by the opener until READY/FAILED */
-	enum cfs_object_state state;  /* written under init_lock */
+	enum cfs_object_state state;  /* under cas->lock; INIT until set up */
 	int init_error;
 
-	/* Immutable once READY: */
+	/* Written by the opener while INIT, immutable once READY (published
+	 * to other threads through cas->lock): */
 	int fd;
 	uint64_t size;
 	enum cfs_verify_method method;
@@ -207,7 +207,8 @@ struct cfs_cas {
 	bool have_openat2;            /* cleared once openat2 returns ENOSYS */
 	struct cfs_io io;
 
-	pthread_mutex_t lock;         /* objects table + tree cache */
+	pthread_mutex_t lock;         /* objects table, object states, tree cache */
+	pthread_cond_t init_cond;     /* an object left the INIT state */
 	struct cfs_object **buckets;
 	size_t nbuckets, nobjects;
 	struct cfs_tree_cache trees;

@@ -34,6 +34,7 @@ static void cas_free(struct cfs_cas *cas)
 	cfs_io_fini(&cas->io);
 	free(cas->buckets);
 	free((char *)cas->opts.tree_cache_dir);
+	pthread_cond_destroy(&cas->init_cond);
 	pthread_mutex_destroy(&cas->lock);
 	free(cas);
 }
@@ -55,6 +56,7 @@ int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struc
 		return -ENOMEM;
 	atomic_init(&cas->refcount, 1);
 	pthread_mutex_init(&cas->lock, NULL);
+	pthread_cond_init(&cas->init_cond, NULL);
 	cas->opts = *opts;
 	cas->opts.tree_cache_dir = NULL;
 	cas->trees.dirfd = -1;
@@ -335,7 +337,6 @@ static void object_free(struct cfs_object *obj)
 	if (obj->fd >= 0)
 		close(obj->fd);
 	cfs_merkle_free(obj->tree);
-	pthread_mutex_destroy(&obj->init_lock);
 	free(obj->key);
 	cfs_cas_unref(obj->cas);
 	free(obj);
@@ -435,21 +436,16 @@ int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redire
 			break;
 	}
 	if (obj) {
-		enum cfs_object_state state;
-
+		/* Wait for whoever is setting it up. */
+		while (obj->state == CFS_OBJ_INIT)
+			pthread_cond_wait(&cas->init_cond, &cas->lock);
+		r = obj->state == CFS_OBJ_READY ? 0 : obj->init_error < 0 ? obj->init_error : -EIO;
 		pthread_mutex_unlock(&cas->lock);
-		/* Wait for whoever set it up. */
-		pthread_mutex_lock(&obj->init_lock);
-		state = obj->state;
-		r = obj->init_error;
-		pthread_mutex_unlock(&obj->init_lock);
-		if (state != CFS_OBJ_READY) {
+		if (r == 0 && obj->size != size)
+			r = -EIO;
+		if (r < 0) {
 			cfs_object_unref(obj);
-			return r < 0 ? r : -EIO;
-		}
-		if (obj->size != size) {
-			cfs_object_unref(obj);
-			return -EIO;
+			return r;
 		}
 		*ret_obj = obj;
 		return 0;
@@ -469,8 +465,6 @@ int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redire
 	if (digest)
 		memcpy(obj->digest, digest, CFS_DIGEST_SIZE);
 	obj->state = CFS_OBJ_INIT;
-	pthread_mutex_init(&obj->init_lock, NULL);
-	pthread_mutex_lock(&obj->init_lock);
 	if (cas->nobjects >= cas->nbuckets)
 		table_grow(cas);
 	obj->hash_next = cas->buckets[h % cas->nbuckets];
@@ -478,24 +472,26 @@ int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redire
 	cas->nobjects++;
 	pthread_mutex_unlock(&cas->lock);
 
+	/* The slow part (hashing the object) runs without any lock held. */
 	r = object_setup(cas, obj, size);
+
+	pthread_mutex_lock(&cas->lock);
 	if (r < 0) {
 		/* Forget the failure for later opens (the store may be fixed),
 		 * but let current waiters see it. */
-		pthread_mutex_lock(&cas->lock);
 		table_remove(cas, obj);
-		pthread_mutex_unlock(&cas->lock);
-		cfs_merkle_free(obj->tree);
-		obj->tree = NULL;
 		obj->init_error = r;
 		obj->state = CFS_OBJ_FAILED;
-		pthread_mutex_unlock(&obj->init_lock);
+	} else {
+		obj->state = CFS_OBJ_READY;
+	}
+	pthread_cond_broadcast(&cas->init_cond);
+	pthread_mutex_unlock(&cas->lock);
+	if (r < 0) {
 		cfs_object_unref(obj);
 		return r;
 	}
 	atomic_fetch_add(&cas->stats.objects_opened, 1);
-	obj->state = CFS_OBJ_READY;
-	pthread_mutex_unlock(&obj->init_lock);
 	*ret_obj = obj;
 	return 0;
 }
