@@ -118,8 +118,9 @@ void cfsd_pt_init_conn(struct fuse_conn_info *conn);
 bool cfsd_pt_available(void);
 /* Register @fd as a backing file: returns a backing id (>= 0) or -errno
  * (-EPERM without CAP_SYS_ADMIN in the initial user namespace). */
-int cfsd_pt_backing_open(int fd);
-void cfsd_pt_backing_close(int backing_id);
+int cfsd_pt_backing_open(fuse_req_t req, int fd);
+/* @req may be NULL at exit, when the connection is going away. */
+void cfsd_pt_backing_close(fuse_req_t req, int backing_id);
 /* Reply to an open request with FOPEN_PASSTHROUGH and @backing_id. */
 int cfsd_pt_reply_open(fuse_req_t req, struct fuse_file_info *fi, int backing_id);
 /* What this build and library can do, for the startup log line. */

@@ -52,10 +52,10 @@ int cfsd_files_new(struct cfsd *d)
 	return 0;
 }
 
-static void open_inode_free(struct open_inode *oi)
+static void open_inode_free(fuse_req_t req, struct open_inode *oi)
 {
 	if (oi->backing_id >= 0)
-		cfsd_pt_backing_close(oi->backing_id);
+		cfsd_pt_backing_close(req, oi->backing_id);
 	cfs_object_unref(oi->obj);
 	pthread_mutex_destroy(&oi->lock);
 	free(oi);
@@ -70,7 +70,7 @@ void cfsd_files_free(struct cfsd *d)
 		while (f->buckets[i]) {
 			struct open_inode *oi = f->buckets[i];
 			f->buckets[i] = oi->next;
-			open_inode_free(oi);
+			open_inode_free(NULL, oi);
 		}
 	}
 	pthread_mutex_destroy(&f->lock);
@@ -122,7 +122,7 @@ static struct open_inode *open_inode_get(struct cfsd *d, uint64_t nid)
 	return oi;
 }
 
-static void open_inode_put(struct cfsd *d, struct open_inode *oi)
+static void open_inode_put(fuse_req_t req, struct cfsd *d, struct open_inode *oi)
 {
 	struct cfsd_files *f = d->files;
 	bool last;
@@ -137,7 +137,7 @@ static void open_inode_put(struct cfsd *d, struct open_inode *oi)
 	}
 	pthread_mutex_unlock(&f->lock);
 	if (last)
-		open_inode_free(oi);
+		open_inode_free(req, oi);
 }
 
 static void object_name(const struct cfs_backing *b, char *buf, size_t bufsz)
@@ -188,8 +188,8 @@ static void log_datapath(struct cfsd *d, bool passthrough, enum cfs_verify_metho
 }
 
 /* Open the object of @ci and decide its data path.  Called with oi->lock. */
-static int open_object(struct cfsd *d, struct open_inode *oi, const struct cfs_inode *ci,
-		       const struct cfs_backing *bp)
+static int open_object(fuse_req_t req, struct cfsd *d, struct open_inode *oi,
+		       const struct cfs_inode *ci, const struct cfs_backing *bp)
 {
 	const struct cfs_backing b = *bp;
 	char where[1024], what[320];
@@ -228,7 +228,7 @@ static int open_object(struct cfsd *d, struct open_inode *oi, const struct cfs_i
 				goto fail_msg;
 			}
 		}
-		r = cfsd_pt_backing_open(cfs_object_fd(oi->obj));
+		r = cfsd_pt_backing_open(req, cfs_object_fd(oi->obj));
 		if (r >= 0)
 			oi->backing_id = r;
 	}
@@ -288,11 +288,11 @@ void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (!oi)
 		return (void)fuse_reply_err(req, ENOMEM);
 	pthread_mutex_lock(&oi->lock);
-	r = oi->obj ? 0 : open_object(d, oi, &ci, &b);
+	r = oi->obj ? 0 : open_object(req, d, oi, &ci, &b);
 	pthread_mutex_unlock(&oi->lock);
 	if (r < 0) {
 		atomic_fetch_add(&d->stats.open_errors, 1);
-		open_inode_put(d, oi);
+		open_inode_put(req, d, oi);
 		return (void)fuse_reply_err(req, -r);
 	}
 
@@ -301,15 +301,16 @@ void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		atomic_fetch_add(&d->stats.opens_passthrough, 1);
 		fi->keep_cache = 0;
 		if (cfsd_pt_reply_open(req, fi, oi->backing_id) < 0) {
-			/* The kernel never saw the open: undo it. */
-			open_inode_put(d, oi);
+			/* The kernel never saw the open: undo it.  The request
+			 * is gone with the reply. */
+			open_inode_put(NULL, d, oi);
 		}
 		return;
 	}
 	atomic_fetch_add(&d->stats.opens_daemon, 1);
 	fi->keep_cache = 1;
 	if (fuse_reply_open(req, fi) < 0)
-		open_inode_put(d, oi);
+		open_inode_put(NULL, d, oi);
 }
 
 void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -370,7 +371,7 @@ void cfsd_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct cfsd *d = fuse_req_userdata(req);
 	struct open_inode *oi = (struct open_inode *)(uintptr_t)fi->fh;
 	if (oi)
-		open_inode_put(d, oi);
+		open_inode_put(req, d, oi);
 	fuse_reply_err(req, 0);
 }
 

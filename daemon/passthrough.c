@@ -95,21 +95,8 @@ _Static_assert(offsetof(struct pt_init_out, max_stack_depth) == 36, "fuse_init_o
 _Static_assert(sizeof(struct pt_open_out) == 16, "fuse_open_out");
 _Static_assert(sizeof(struct pt_backing_map) == 16, "fuse_backing_map");
 
-static int pt_fd = -1;
-static atomic_bool pt_negotiated, pt_disabled, pt_init_pending, pt_kernel_offers;
-static atomic_uint_fast64_t pt_init_unique;
+static atomic_bool pt_negotiated, pt_disabled;
 static const char *pt_state = "off";
-
-void cfsd_pt_backing_close(int backing_id)
-{
-#if HAVE_FUSE_PASSTHROUGH
-	(void)fuse_passthrough_close(cfsd_global->se, backing_id);
-#else
-	uint32_t id = (uint32_t)backing_id;
-	if (pt_fd >= 0 && ioctl(pt_fd, PT_IOC_BACKING_CLOSE, &id) < 0)
-		cfsd_log(FUSE_LOG_WARNING, "passthrough: closing backing id %d: %m\n", backing_id);
-#endif
-}
 
 bool cfsd_pt_available(void)
 {
@@ -150,12 +137,19 @@ void cfsd_pt_init_conn(struct fuse_conn_info *conn)
 	}
 }
 
-int cfsd_pt_backing_open(int fd)
+int cfsd_pt_backing_open(fuse_req_t req, int fd)
 {
-	int id = fuse_passthrough_open(cfsd_global->se, fd);
+	int id = fuse_passthrough_open(req, fd);
 	if (id <= 0)
 		return pt_failed(id < 0 ? id : -EPERM);
 	return id;
+}
+
+void cfsd_pt_backing_close(fuse_req_t req, int backing_id)
+{
+	/* Without a request (at exit) the connection is going away anyway. */
+	if (req)
+		(void)fuse_passthrough_close(req, backing_id);
 }
 
 int cfsd_pt_reply_open(fuse_req_t req, struct fuse_file_info *fi, int backing_id)
@@ -166,6 +160,10 @@ int cfsd_pt_reply_open(fuse_req_t req, struct fuse_file_info *fi, int backing_id
 }
 
 #else /* libfuse without a passthrough API: the custom-io shim */
+
+static int pt_fd = -1;
+static atomic_bool pt_init_pending, pt_kernel_offers;
+static atomic_uint_fast64_t pt_init_unique;
 
 static __thread int pt_reply_backing_id = -1;
 
@@ -276,7 +274,14 @@ int cfsd_pt_setup(struct cfsd *d, struct fuse_session *se)
 	return 0;
 }
 
-int cfsd_pt_backing_open(int fd)
+void cfsd_pt_backing_close(fuse_req_t req, int backing_id)
+{
+	uint32_t id = (uint32_t)backing_id;
+	if (pt_fd >= 0 && ioctl(pt_fd, PT_IOC_BACKING_CLOSE, &id) < 0)
+		cfsd_log(FUSE_LOG_WARNING, "passthrough: closing backing id %d: %m\n", backing_id);
+}
+
+int cfsd_pt_backing_open(fuse_req_t req, int fd)
 {
 	struct pt_backing_map map = { .fd = fd };
 	int id;
@@ -288,7 +293,7 @@ int cfsd_pt_backing_open(int fd)
 		return pt_failed(-errno);
 	if (id == 0) {
 		/* The kernel hands out ids from 1; 0 would mean "no backing". */
-		cfsd_pt_backing_close(0);
+		cfsd_pt_backing_close(req, 0);
 		return pt_failed(-EIO);
 	}
 	return id;

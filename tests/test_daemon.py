@@ -570,12 +570,18 @@ def test_mount_helper_form(gen_tree, how):
 
 # ---------------------------------------------------------------- lifecycle
 
+def notify_socket(tmp_path):
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    return path, sock
+
+
 def test_notify_socket_ready_after_mount(gen_tree, tmp_path):
     src, img, objs = gen_tree
-    sockpath = str(tmp_path / "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(sockpath)
-    sock.settimeout(20)
+    sockpath, sock = notify_socket(tmp_path)
     mnt = str(tmp_path / "mnt")
     os.mkdir(mnt)
     env = dict(os.environ, NOTIFY_SOCKET=sockpath)
@@ -660,10 +666,7 @@ def test_systemd_unit_runs(gen_tree, tmp_path, unit):
             argv.append(conf[a[2:-1]])
         else:
             argv.append(a)
-    sockpath = str(tmp_path / "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(sockpath)
-    sock.settimeout(20)
+    sockpath, sock = notify_socket(tmp_path)
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, NOTIFY_SOCKET=sockpath))
     try:
