@@ -15,6 +15,9 @@
 #define CFS_BLOCK_SHIFT 12
 #define CFS_HASHES_PER_BLOCK (CFS_VERITY_BLOCK_SIZE / CFS_DIGEST_SIZE) /* 128 */
 #define CFS_MERKLE_MAX_LEVELS 8 /* 128^8 blocks of 4 KiB is far beyond 2^64 bytes */
+/* Trees are kept in memory: refuse (-EFBIG) objects whose tree would exceed
+ * this, i.e. objects over 512 GiB, rather than exhaust memory. */
+#define CFS_MERKLE_MAX_TREE_BYTES (4ULL << 30)
 
 /* SHA-256 of @len bytes with a per-thread OpenSSL context (no locks). */
 void cfs_sha256(const void *data, size_t len, uint8_t out[CFS_DIGEST_SIZE]);
@@ -102,6 +105,9 @@ uint64_t cfs_merkle_leaf_bytes(const struct cfs_merkle *t);
 
 /* ---- I/O ---- */
 
+/* pread until @len bytes or EOF, retrying EINTR.  Bytes read or -errno. */
+ssize_t cfs_pread_full(int fd, void *buf, size_t len, uint64_t off);
+
 /* One read of @len bytes at @off into @buf; @res receives the byte count
  * (possibly short at EOF) or -errno. */
 struct cfs_io_seg {
@@ -166,6 +172,8 @@ void cfs_tree_cache_put(struct cfs_tree_cache *tc, struct cfs_merkle *t);
  * it was corrupt (and has been removed). No lock needed. */
 int cfs_tree_cache_load(struct cfs_tree_cache *tc, uint64_t size, const uint8_t digest[CFS_DIGEST_SIZE],
 			struct cfs_merkle **ret_tree);
+/* Persist @t if there is a cache directory and @t is worth it: 1 if
+ * written, 0 if not (no directory, small object), or -errno. */
 int cfs_tree_cache_store(struct cfs_tree_cache *tc, const struct cfs_merkle *t);
 
 /* ---- objects ---- */

@@ -30,8 +30,7 @@ struct cfs_io_ring {
 	struct cfs_io_ring *prev, *next;
 };
 
-/* pread until @len bytes or EOF.  Returns the byte count or -errno. */
-static ssize_t pread_full(int fd, void *buf, size_t len, uint64_t off)
+ssize_t cfs_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
 	size_t done = 0;
 
@@ -61,7 +60,7 @@ static int finish_read(int fd, void *buf, size_t len, uint64_t off, int res)
 		res = 0;
 	if ((size_t)res >= len)
 		return res;
-	n = pread_full(fd, (uint8_t *)buf + res, len - (size_t)res, off + (uint64_t)res);
+	n = cfs_pread_full(fd, (uint8_t *)buf + res, len - (size_t)res, off + (uint64_t)res);
 	if (n < 0)
 		return (int)n;
 	return res + (int)n;
@@ -162,6 +161,8 @@ int cfs_io_init(struct cfs_io *io, enum cfs_io_backend want)
 			io->backend = CFS_IO_URING;
 			return 0;
 		}
+		pthread_key_delete(io->key);
+		io->have_key = false;
 		if (want == CFS_IO_URING)
 			return err;
 	}
@@ -198,7 +199,7 @@ static int read_segs_pread(int fd, struct cfs_io_seg *segs, unsigned n, cfs_io_d
 	int ret = 0;
 
 	for (unsigned i = 0; i < n; i++) {
-		ssize_t got = pread_full(fd, segs[i].buf, segs[i].len, segs[i].off);
+		ssize_t got = cfs_pread_full(fd, segs[i].buf, segs[i].len, segs[i].off);
 		int r;
 
 		segs[i].res = (int)got;
@@ -297,7 +298,7 @@ static void seq_submit(struct cfs_seqreader *r, unsigned i)
 	r->chunk[i].valid = true;
 	if (!sqe) {
 		/* Cannot happen with SEQ_DEPTH < RING_ENTRIES; read it now. */
-		r->chunk[i].res = (int)pread_full(r->fd, r->chunk[i].buf, r->chunk[i].len, r->chunk[i].off);
+		r->chunk[i].res = (int)cfs_pread_full(r->fd, r->chunk[i].buf, r->chunk[i].len, r->chunk[i].off);
 		r->chunk[i].pending = false;
 		return;
 	}
@@ -398,7 +399,7 @@ int cfs_seqreader_read(struct cfs_seqreader *r, void *buf, size_t count)
 				r->chunk[0].off = r->next_off;
 				r->chunk[0].len = (size_t)(r->size - r->next_off < SEQ_CHUNK ? r->size - r->next_off
 											  : SEQ_CHUNK);
-				r->chunk[0].res = (int)pread_full(r->fd, r->chunk[0].buf, r->chunk[0].len,
+				r->chunk[0].res = (int)cfs_pread_full(r->fd, r->chunk[0].buf, r->chunk[0].len,
 								  r->chunk[0].off);
 				r->chunk[0].valid = true;
 				r->next_off += r->chunk[0].len;
@@ -445,7 +446,7 @@ int cfs_seqreader_read(struct cfs_seqreader *r, void *buf, size_t count)
 int cfs_seqreader_check_eof(struct cfs_seqreader *r)
 {
 	uint8_t b;
-	ssize_t n = pread_full(r->fd, &b, 1, r->size);
+	ssize_t n = cfs_pread_full(r->fd, &b, 1, r->size);
 
 	if (n < 0)
 		return (int)n;

@@ -88,7 +88,8 @@ int cfs_merkle_geometry(uint64_t data_size, struct cfs_merkle *t)
 		off += t->level_blocks[l];
 	}
 	t->tree_blocks = off;
-	if (off > (SIZE_MAX / 2) / CFS_VERITY_BLOCK_SIZE)
+	if (off > CFS_MERKLE_MAX_TREE_BYTES / CFS_VERITY_BLOCK_SIZE ||
+	    off > (SIZE_MAX / 2) / CFS_VERITY_BLOCK_SIZE)
 		return -EFBIG;
 	return 0;
 }

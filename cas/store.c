@@ -66,12 +66,11 @@ int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struc
 	cas->basedir_fds = malloc(n * sizeof(int));
 	cas->nbuckets = 256;
 	cas->buckets = calloc(cas->nbuckets, sizeof(*cas->buckets));
-	/* cfs_io_fini() must be safe from here on */
+	/* from here on cas_free() needs cfs_io_init() to have run: it does,
+	 * and leaves @io safe for cfs_io_fini() even when it fails */
 	r = cfs_io_init(&cas->io, opts->io);
-	if (r < 0) {
-		pthread_mutex_init(&cas->io.lock, NULL);
+	if (r < 0)
 		goto fail;
-	}
 	r = -ENOMEM;
 	if (!cas->basedirs || !cas->basedir_fds || !cas->buckets)
 		goto fail;

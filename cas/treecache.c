@@ -280,25 +280,6 @@ void cfs_tree_cache_put(struct cfs_tree_cache *tc, struct cfs_merkle *t)
 	}
 }
 
-static ssize_t read_full_at(int fd, void *buf, size_t len, off_t off)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, off + (off_t)done);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			break;
-		done += (size_t)n;
-	}
-	return (ssize_t)done;
-}
-
 int cfs_tree_cache_load(struct cfs_tree_cache *tc, uint64_t size, const uint8_t digest[CFS_DIGEST_SIZE],
 			struct cfs_merkle **ret_tree)
 {
@@ -328,7 +309,7 @@ int cfs_tree_cache_load(struct cfs_tree_cache *tc, uint64_t size, const uint8_t 
 	r = -EBADMSG;
 	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != sizeof(h) + leaf_bytes)
 		goto corrupt;
-	n = read_full_at(fd, &h, sizeof(h), 0);
+	n = cfs_pread_full(fd, &h, sizeof(h), 0);
 	if (n != (ssize_t)sizeof(h) || memcmp(h.magic, TREE_MAGIC, sizeof(TREE_MAGIC)) != 0 ||
 	    le32toh(h.version) != 1 || le32toh(h.log_blocksize) != CFS_BLOCK_SHIFT ||
 	    le64toh(h.data_size) != size || le64toh(h.leaf_bytes) != leaf_bytes ||
@@ -337,7 +318,7 @@ int cfs_tree_cache_load(struct cfs_tree_cache *tc, uint64_t size, const uint8_t 
 	leaves = malloc(leaf_bytes);
 	if (!leaves)
 		return -ENOMEM;
-	n = read_full_at(fd, leaves, leaf_bytes, sizeof(h));
+	n = cfs_pread_full(fd, leaves, leaf_bytes, sizeof(h));
 	if (n < 0)
 		return (int)n;
 	if ((uint64_t)n != leaf_bytes)
@@ -403,7 +384,9 @@ int cfs_tree_cache_store(struct cfs_tree_cache *tc, const struct cfs_merkle *t)
 	/* No fsync: a torn file after a crash fails the check and is rebuilt. */
 	if (r == 0 && renameat(tc->dirfd, tmp, tc->dirfd, name) < 0)
 		r = -errno;
-	if (r < 0)
+	if (r < 0) {
 		(void)unlinkat(tc->dirfd, tmp, 0);
-	return r;
+		return r;
+	}
+	return 1;
 }

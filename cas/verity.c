@@ -83,9 +83,10 @@ int cfs_object_setup_method(struct cfs_cas *cas, struct cfs_object *obj)
 			return r;
 		atomic_fetch_add(&cas->stats.trees_built, 1);
 		obj->data_checked = true;
-		if (cfs_tree_cache_store(&cas->trees, t) < 0)
-			atomic_fetch_add(&cas->stats.tree_write_errors, 1);
-		else if (cas->trees.dirfd >= 0 && t->levels > 0 && t->data_size >= cas->trees.min_persist_size)
+		r = cfs_tree_cache_store(&cas->trees, t);
+		if (r < 0)
+			atomic_fetch_add(&cas->stats.tree_write_errors, 1); /* not fatal */
+		else if (r > 0)
 			atomic_fetch_add(&cas->stats.trees_written, 1);
 	}
 	obj->tree = t;
