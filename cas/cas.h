@@ -89,11 +89,17 @@ void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret_stats);
 struct cfs_cas;
 struct cfs_object;
 
-/* @basedirs: one or more directories separated by ':', searched in order. */
+/* @basedirs: one or more directories separated by ':', searched in order.
+ * Each is opened now (O_PATH); -ENOENT/-ENOTDIR/... if one cannot be,
+ * -EINVAL for an empty component.  @opts is copied.  The cas is freed when
+ * the last of its own reference and its objects' references goes.  Do not
+ * drop the last reference while other threads still use objects. */
 int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struct cfs_cas **ret_cas);
 struct cfs_cas *cfs_cas_unref(struct cfs_cas *cas); /* takes NULL, returns NULL */
 CFS_DEFINE_CLEANUP(struct cfs_cas *, cfs_cas_unref)
-/* "io_uring" or "pread": the backend chosen at run time. */
+/* "io_uring" or "pread": the backend chosen at run time (io_uring when
+ * io_uring_setup works: one ring per calling thread, created on first use
+ * and freed at thread exit or by the last cfs_cas_unref()). */
 const char *cfs_cas_io_backend(const struct cfs_cas *cas);
 
 /* Open the object at @redirect (image path, "/xx/yyyy..." or "xx/yyyy...",
@@ -123,7 +129,13 @@ struct cfs_object *cfs_object_unref(struct cfs_object *obj); /* takes NULL, retu
 CFS_DEFINE_CLEANUP(struct cfs_object *, cfs_object_unref)
 
 /* Read verified data.  Returns bytes read (short only at EOF), or -EIO if
- * any covered block fails verification (no data from it is returned). */
+ * any covered block fails verification (no data from it is returned).
+ * (cas module) Lock-free; a warm read costs one SHA-256 per 4096-byte block
+ * plus a bitmap test.  -EIO also when the backing file was truncated (or,
+ * for its last partial block, extended) after open; other -errno from the
+ * read itself.  A failed read leaves @buf zeroed or untouched, never with
+ * unverified bytes, and does not poison the object: other blocks still
+ * read.  Reads wider than 2 MiB are split; any bad block fails the call. */
 ssize_t cfs_object_pread(struct cfs_object *obj, void *buf, size_t len, uint64_t off);
 enum cfs_verify_method cfs_object_method(const struct cfs_object *obj);
 /* fsck: make sure every byte of the object matches its digest.  Free if the

@@ -335,15 +335,16 @@ int cfs_info_verify(struct cfs_image *img, const char *image_path, const char *b
 	if (started == 0)
 		worker(&c);
 	if (tty) {
-		while (atomic_load(&c.done) < c.nobjs) {
+		do {
 			struct timespec ts = { .tv_nsec = 200 * 1000 * 1000 };
 
 			fprintf(stderr, "\rverify: %zu/%zu objects, %llu/%llu MiB", atomic_load(&c.done), c.nobjs,
 				(unsigned long long)(atomic_load(&c.done_bytes) >> 20),
 				(unsigned long long)(c.total_bytes >> 20));
-			nanosleep(&ts, NULL);
-		}
-		fprintf(stderr, "\r\033[K");
+			if (atomic_load(&c.done) < c.nobjs)
+				nanosleep(&ts, NULL);
+		} while (atomic_load(&c.done) < c.nobjs);
+		fprintf(stderr, "\r\033[K"); /* clear the progress line */
 	}
 	for (int i = 0; i < started; i++)
 		pthread_join(th[i], NULL);

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import pty
 import shutil
 import subprocess
 import tempfile
@@ -354,3 +355,29 @@ def test_verify_refuses_cache_inside_store(tmp):
     assert p.returncode != 0
     assert b"Invalid argument" in p.stderr
     assert not os.path.exists(objs / "cache")  # nothing created in the store
+
+
+def test_verify_progress_on_a_terminal(tmp):
+    files, objs, img = make_image(tmp)
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run([tool("composefs-info"), f"--basedir={objs}", "--tree-cache=", "verify",
+                            str(img)], stdout=subprocess.PIPE, stderr=slave, timeout=60)
+        os.close(slave)
+        slave = -1
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert p.returncode == 0
+    assert b"\rverify: " in err and b"/3 objects" in err
+    assert b"3 ok" in err
