@@ -170,12 +170,15 @@ def object_of(img, path):
     return v.decode().lstrip("/")
 
 
-def dir_sizes(root):
+def more_stat(root):
+    """The lstat fields conftest.snapshot() leaves out: directory sizes,
+    atime, ctime, st_blocks, st_blksize."""
     out = {}
-    for dirpath, dirnames, _ in os.walk(root):
-        for d in [dirpath] + [os.path.join(dirpath, n) for n in dirnames]:
-            st = os.lstat(d)
-            out[os.path.relpath(d, root)] = (st.st_size, st.st_nlink)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for p in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (st.st_size, st.st_atime_ns, st.st_ctime_ns,
+                                             st.st_blocks, st.st_blksize)
     return out
 
 
@@ -213,24 +216,24 @@ def gen_tree(tmp_path_factory):
 
 # ---------------------------------------------------------------- differential
 
-@pytest.mark.parametrize("options", [[], ["passthrough=off", "io=pread"], ["verity=off"],
+@pytest.mark.parametrize("options", [[], ["passthrough=off", "io=pread", "threads=2"], ["verity=off"],
                                      ["passthrough=always"]],
                          ids=["default", "pread", "verity-off", "passthrough-always"])
 def test_generated_tree_matches_kernel(gen_tree, options):
     src, img, objs = gen_tree
     with kernel_mount(img, objs) as kmnt:
         ksnap = snapshot(kmnt)
-        kdirs = dir_sizes(kmnt)
+        kmore = more_stat(kmnt)
     with fuse_mount(img, objs, options=options) as (fmnt, proc):
         fsnap = snapshot(fmnt)
-        fdirs = dir_sizes(fmnt)
+        fmore = more_stat(fmnt)
         # the 256 whiteouts in the root are invisible, also to lookups
         for n in ("00", "7f", "ff"):
             assert not os.path.lexists(os.path.join(fmnt, n))
         assert os.path.exists(os.path.join(fmnt, "wh", "00"))
     assert len(fsnap) > 10000
     assert_same_tree(ksnap, fsnap)
-    assert kdirs == fdirs
+    assert kmore == fmore
     # and the tree is the source tree (spot checks on content and names)
     assert fsnap["files/mib1"]["sha256"] == ksnap["files/mib1"]["sha256"]
     assert os.fsdecode(b"names/latin1-\xe9\xff\xfe") in fsnap
@@ -276,10 +279,13 @@ def test_usr_share_doc_matches_kernel(tmp_path):
     img, objs = build_image(src, str(tmp_path))
     with kernel_mount(img, objs) as kmnt:
         ksnap = snapshot(kmnt)
+        kmore = more_stat(kmnt)
     with fuse_mount(img, objs) as (fmnt, proc):
         fsnap = snapshot(fmnt)
+        fmore = more_stat(fmnt)
     assert len(fsnap) > 1000
     assert_same_tree(ksnap, fsnap)
+    assert kmore == fmore
     # and equal to the source itself, the whole way down
     ssnap = snapshot(src)
     for k in ssnap:
