@@ -537,6 +537,68 @@ static void test_kernel_method(void)
 	free_object(&o);
 }
 
+/* A fake that knows per file (by inode) what the kernel would say. */
+struct per_file_fake {
+	ino_t ino[2];
+	uint8_t digest[2][CFS_DIGEST_SIZE];
+};
+
+static int per_file_measure(void *userdata, int fd, uint8_t ret[CFS_DIGEST_SIZE])
+{
+	struct per_file_fake *f = userdata;
+	struct stat st;
+
+	CHECK(fstat(fd, &st) == 0);
+	for (int i = 0; i < 2; i++) {
+		if (st.st_ino == f->ino[i]) {
+			memcpy(ret, f->digest[i], CFS_DIGEST_SIZE);
+			return 0;
+		}
+	}
+	return -ENODATA;
+}
+
+static void test_kernel_method_per_file(void)
+{
+	_cleanup_free_ char *store = new_store("kernel-mixed");
+	struct per_file_fake f;
+	struct cfs_verity_ops ops = { .measure = per_file_measure, .userdata = &f };
+	struct cfs_cas_options opts = { .verify = true, .verity = &ops };
+	_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = NULL;
+	struct obj_info o[3];
+	struct cfs_object *obj[3] = { NULL };
+	struct stat st;
+
+	for (int i = 0; i < 3; i++) {
+		uint8_t *d = pattern(5 * 4096 + (size_t)i, 30 + (unsigned)i);
+
+		put_object(store, d, 5 * 4096 + (size_t)i, &o[i]);
+		free(d);
+	}
+	/* object 0: verity enabled with its digest (computed by libfsverity);
+	 * object 1: verity enabled but measuring another digest; object 2:
+	 * verity not enabled. */
+	for (int i = 0; i < 2; i++) {
+		CHECK(stat(o[i].path, &st) == 0);
+		f.ino[i] = st.st_ino;
+		memcpy(f.digest[i], o[i].digest, CFS_DIGEST_SIZE);
+	}
+	f.digest[1][17] ^= 0x10;
+	cas = open_cas(store, &opts);
+	CHECK_EQ(open_obj(cas, &o[0], &obj[0]), 0);
+	CHECK_EQ(cfs_object_method(obj[0]), CFS_VERIFY_KERNEL);
+	CHECK_EQ(open_obj(cas, &o[1], &obj[1]), -EIO);
+	CHECK_EQ(open_obj(cas, &o[2], &obj[2]), 0);
+	CHECK_EQ(cfs_object_method(obj[2]), CFS_VERIFY_USERSPACE);
+	CHECK_EQ(read_check(obj[0], &o[0], 0, 5 * 4096), 5 * 4096);
+	CHECK_EQ(read_check(obj[2], &o[2], 0, 5 * 4096 + 2), 5 * 4096 + 2);
+	CHECK_EQ(cfs_object_check_all(obj[0]), 0); /* reads it all through the kernel */
+	cfs_object_unref(obj[0]);
+	cfs_object_unref(obj[2]);
+	for (int i = 0; i < 3; i++)
+		free_object(&o[i]);
+}
+
 static void test_no_digest_and_off(void)
 {
 	_cleanup_free_ char *store = new_store("nodigest");
@@ -843,6 +905,7 @@ static void run_all(void)
 	test_paths(true);
 	test_paths(false);
 	test_kernel_method();
+	test_kernel_method_per_file();
 	test_no_digest_and_off();
 	test_tree_cache();
 	test_lru_bound();
