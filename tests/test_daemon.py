@@ -740,3 +740,19 @@ def test_corrupted_image_never_crashes(gen_tree, tmp_path, seed):
     assert not SUSPICIOUS.search(err), err
     print(f"corrupted image {seed}: served, {visited} names, "
           f"{len(err.splitlines())} log lines")
+
+
+def test_sigusr1_writes_stats_while_mounted(gen_tree, tmp_path):
+    src, img, objs = gen_tree
+    stats = str(tmp_path / "stats")
+    with fuse_mount(img, objs, options=["passthrough=off", f"stats_file={stats}"]) as (fmnt, proc):
+        with open(os.path.join(fmnt, "files/mib1"), "rb") as f:
+            assert len(f.read()) == (1 << 20) + 1
+        assert not os.path.exists(stats)
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(stats) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s = _stats(stats)
+        assert s["opens_daemon"] == 1 and s["read_bytes"] == (1 << 20) + 1, s
+        assert os.path.ismount(fmnt)
