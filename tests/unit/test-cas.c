@@ -313,6 +313,35 @@ static void test_corruption_after_open(void)
 	}
 }
 
+/* Random ranges, small and across several 2 MiB windows, against the data. */
+static void test_random_ranges(void)
+{
+	_cleanup_free_ char *store = new_store("ranges");
+	size_t size = 6 * 1024 * 1024 + 123;
+	_cleanup_free_ uint8_t *data = pattern(size, 8);
+	struct cfs_cas_options opts = { .verify = true };
+	_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = NULL;
+	_cleanup_(cfs_object_unrefp) struct cfs_object *obj = NULL;
+	unsigned seed = 12345;
+	struct obj_info o;
+
+	put_object(store, data, size, &o);
+	cas = open_cas(store, &opts);
+	CHECK_EQ(open_obj(cas, &o, &obj), 0);
+	for (int i = 0; i < 300; i++) {
+		uint64_t off = (uint64_t)rand_r(&seed) % (size + 5000);
+		size_t len = i % 10 == 0 ? (size_t)rand_r(&seed) % (5 * 1024 * 1024)
+					 : (size_t)rand_r(&seed) % 300000;
+		size_t want = off >= size ? 0 : (size - off < len ? size - off : len);
+
+		CHECK_EQ(read_check(obj, &o, off, len), want);
+	}
+	CHECK_EQ(read_check(obj, &o, 0, size), size);
+	CHECK_EQ(read_check(obj, &o, size, 10), 0);
+	CHECK_EQ(read_check(obj, &o, 5, 0), 0);
+	free_object(&o);
+}
+
 static void test_truncate_extend(void)
 {
 	_cleanup_free_ char *store = new_store("trunc");
@@ -901,6 +930,7 @@ static void run_all(void)
 	test_known_digests();
 	test_deep_tree_and_walk();
 	test_corruption_after_open();
+	test_random_ranges();
 	test_truncate_extend();
 	test_paths(true);
 	test_paths(false);
