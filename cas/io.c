@@ -155,9 +155,13 @@ int cfs_io_init(struct cfs_io *io, enum cfs_io_backend want)
 		if (pthread_key_create(&io->key, ring_thread_exit) != 0)
 			return -ENOMEM;
 		io->have_key = true;
-		/* Probe with this thread's ring; it is kept for later use. */
+		/* Probe with a ring that is not kept: every thread makes its
+		 * own on first use, so a fork() (daemonizing) after this point
+		 * does not leave a ring shared between two processes. */
 		err = ring_create(io, &r);
 		if (err == 0) {
+			(void)pthread_setspecific(io->key, NULL);
+			ring_thread_exit(r);
 			io->backend = CFS_IO_URING;
 			return 0;
 		}
