@@ -405,18 +405,166 @@ static int open_cas(struct cfsd *d, const char *basedirs, const struct cfs_cas_o
 	return r;
 }
 
+/* Decode our own options into @d and @co.  Prints why and returns -EINVAL
+ * on a bad value. */
+static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas_options *co)
+{
+	if (!o->verity || !strcmp(o->verity, "on"))
+		d->verity = CFSD_VERITY_ON;
+	else if (!strcmp(o->verity, "require"))
+		d->verity = CFSD_VERITY_REQUIRE;
+	else if (!strcmp(o->verity, "off"))
+		d->verity = CFSD_VERITY_OFF;
+	else {
+		fprintf(stderr, "composefs-fuse: verity=%s: expected on, require or off\n", o->verity);
+		return -EINVAL;
+	}
+	if (!o->passthrough || !strcmp(o->passthrough, "auto"))
+		d->passthrough = CFSD_PT_AUTO;
+	else if (!strcmp(o->passthrough, "off"))
+		d->passthrough = CFSD_PT_OFF;
+	else if (!strcmp(o->passthrough, "always"))
+		d->passthrough = CFSD_PT_ALWAYS;
+	else {
+		fprintf(stderr, "composefs-fuse: passthrough=%s: expected auto, off or always\n",
+			o->passthrough);
+		return -EINVAL;
+	}
+	if (o->io && !strcmp(o->io, "uring"))
+		co->io = CFS_IO_URING;
+	else if (o->io && !strcmp(o->io, "pread"))
+		co->io = CFS_IO_PREAD;
+	else if (o->io && strcmp(o->io, "auto")) {
+		fprintf(stderr, "composefs-fuse: io=%s: expected auto, uring or pread\n", o->io);
+		return -EINVAL;
+	}
+	if (o->tree_cache_size && parse_size(o->tree_cache_size, &co->tree_cache_bytes) < 0) {
+		fprintf(stderr, "composefs-fuse: tree_cache_size=%s: not a size\n", o->tree_cache_size);
+		return -EINVAL;
+	}
+	if (o->timeout) {
+		char *end;
+		d->timeout = strtod(o->timeout, &end);
+		if (*end || !(d->timeout >= 0)) {
+			fprintf(stderr, "composefs-fuse: timeout=%s: not a number of seconds\n", o->timeout);
+			return -EINVAL;
+		}
+	}
+	co->verify = d->verity != CFSD_VERITY_OFF;
+	return 0;
+}
+
+/* Read the image into memory the daemon owns, so that later changes to the
+ * file cannot change what is served, and check its digest there. */
+static int load_image(struct cfsd *d, const char *image, const char *digest)
+{
+	_cleanup_close_ int fd = -EBADF;
+	int r;
+
+	fd = open(image, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		fprintf(stderr, "composefs-fuse: image '%s': %s\n", image, strerror(-r));
+		return r;
+	}
+	r = cfs_img_open_fd(fd, 0, &d->img);
+	if (r < 0) {
+		fprintf(stderr, "composefs-fuse: image '%s': %s\n", image, image_error(r));
+		return r;
+	}
+	cfs_img_get_info(d->img, &d->info);
+	d->root_nid = d->info.root_nid;
+	if (digest) {
+		uint8_t want[CFS_DIGEST_SIZE], got[CFS_DIGEST_SIZE];
+		char hex[2 * CFS_DIGEST_SIZE + 1];
+		size_t size;
+		const uint8_t *bytes = cfs_img_bytes(d->img, &size);
+
+		if (cfs_digest_from_hex(digest, want) < 0) {
+			fprintf(stderr, "composefs-fuse: digest=%s: expected 64 hex digits\n", digest);
+			return -EINVAL;
+		}
+		r = cfs_fsverity_digest_mem(bytes, size, got);
+		if (r < 0) {
+			fprintf(stderr, "composefs-fuse: image '%s': computing its digest: %s\n", image,
+				strerror(-r));
+			return -EINVAL;
+		}
+		if (memcmp(want, got, sizeof(want)) != 0) {
+			cfs_digest_to_hex(got, hex);
+			fprintf(stderr, "composefs-fuse: image '%s': fs-verity digest %s does not match "
+					"digest=%s\n", image, hex, digest);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int check_mountpoint(const char *mnt)
+{
+	struct stat st;
+
+	if (strncmp(mnt, "/dev/fd/", 8) == 0)
+		return 0; /* a /dev/fuse descriptor from a parent that mounts */
+	if (stat(mnt, &st) < 0) {
+		int r = -errno;
+		fprintf(stderr, "composefs-fuse: mountpoint '%s': %s\n", mnt, strerror(-r));
+		return r;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "composefs-fuse: mountpoint '%s': not a directory\n", mnt);
+		return -ENOTDIR;
+	}
+	return 0;
+}
+
+/* Read-only, permissions checked by the kernel (as overlayfs does), the
+ * image as the source, auto_unmount for ordinary users; then the
+ * mountpoint, for fuse_parse_cmdline(). */
+static int add_mount_options(struct fuse_args *args, const char *image, const char *mnt,
+			     bool auto_unmount)
+{
+	_cleanup_free_ char *escaped = NULL, *fsname = NULL;
+
+	if (fuse_opt_add_arg(args, "-oro,default_permissions,subtype=composefs-fuse") < 0 ||
+	    fuse_opt_add_opt_escaped(&escaped, image) < 0 ||
+	    asprintf(&fsname, "-ofsname=%s", escaped) < 0 || fuse_opt_add_arg(args, fsname) < 0 ||
+	    (auto_unmount && fuse_opt_add_arg(args, "-oauto_unmount") < 0) ||
+	    fuse_opt_add_arg(args, mnt) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+/* Returns 0 on unmount, the signal number after SIGTERM/SIGINT/SIGHUP, or
+ * -errno. */
+static int run_loop(struct fuse_session *se, const struct fuse_cmdline_opts *cl)
+{
+	struct fuse_loop_config *cfg;
+	int r;
+
+	if (cl->singlethread)
+		return fuse_session_loop(se);
+	cfg = fuse_loop_cfg_create();
+	if (!cfg)
+		return -ENOMEM;
+	fuse_loop_cfg_set_clone_fd(cfg, (unsigned)cl->clone_fd);
+	fuse_loop_cfg_set_max_threads(cfg, cl->max_threads);
+	if (cl->max_idle_threads != UINT_MAX)
+		fuse_loop_cfg_set_idle_threads(cfg, cl->max_idle_threads);
+	r = fuse_session_loop_mt(se, cfg);
+	fuse_loop_cfg_destroy(cfg);
+	return r;
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct options o = { 0 };
 	struct fuse_cmdline_opts cl = { 0 };
-	struct fuse_loop_config *loop_cfg = NULL;
 	struct cfs_cas_options co = { .verify = true, .io = CFS_IO_AUTO };
-	_cleanup_free_ char *basedirs = NULL, *tree_cache = NULL, *fsname_opt = NULL;
-	_cleanup_close_ int img_fd = -EBADF;
+	_cleanup_free_ char *basedirs = NULL, *tree_cache = NULL;
 	const char *image, *mnt;
 	struct cfsd d = { .timeout = 86400.0 };
-	struct stat st;
 	bool mounted = false, sig_installed = false;
 	int r, ret = 1;
 
@@ -452,99 +600,17 @@ int main(int argc, char *argv[])
 		goto out_args;
 	}
 
-	/* Our options. */
-	if (!o.verity || !strcmp(o.verity, "on"))
-		d.verity = CFSD_VERITY_ON;
-	else if (!strcmp(o.verity, "require"))
-		d.verity = CFSD_VERITY_REQUIRE;
-	else if (!strcmp(o.verity, "off"))
-		d.verity = CFSD_VERITY_OFF;
-	else {
-		fprintf(stderr, "composefs-fuse: verity=%s: expected on, require or off\n", o.verity);
+	if (apply_options(&o, &d, &co) < 0)
 		goto out_args;
-	}
-	if (!o.passthrough || !strcmp(o.passthrough, "auto"))
-		d.passthrough = CFSD_PT_AUTO;
-	else if (!strcmp(o.passthrough, "off"))
-		d.passthrough = CFSD_PT_OFF;
-	else if (!strcmp(o.passthrough, "always"))
-		d.passthrough = CFSD_PT_ALWAYS;
-	else {
-		fprintf(stderr, "composefs-fuse: passthrough=%s: expected auto, off or always\n",
-			o.passthrough);
-		goto out_args;
-	}
-	if (o.io && !strcmp(o.io, "uring"))
-		co.io = CFS_IO_URING;
-	else if (o.io && !strcmp(o.io, "pread"))
-		co.io = CFS_IO_PREAD;
-	else if (o.io && strcmp(o.io, "auto")) {
-		fprintf(stderr, "composefs-fuse: io=%s: expected auto, uring or pread\n", o.io);
-		goto out_args;
-	}
-	if (o.tree_cache_size && parse_size(o.tree_cache_size, &co.tree_cache_bytes) < 0) {
-		fprintf(stderr, "composefs-fuse: tree_cache_size=%s: not a size\n", o.tree_cache_size);
-		goto out_args;
-	}
-	if (o.timeout) {
-		char *end;
-		d.timeout = strtod(o.timeout, &end);
-		if (*end || !(d.timeout >= 0)) {
-			fprintf(stderr, "composefs-fuse: timeout=%s: not a number of seconds\n", o.timeout);
-			goto out_args;
-		}
-	}
-	co.verify = d.verity != CFSD_VERITY_OFF;
 
-	/* The image: read into memory we own, so later changes to the file
-	 * cannot change what is served, and checked there. */
-	img_fd = open(image, O_RDONLY | O_CLOEXEC);
-	if (img_fd < 0) {
-		fprintf(stderr, "composefs-fuse: image '%s': %m\n", image);
-		goto out_args;
-	}
-	r = cfs_img_open_fd(img_fd, 0, &d.img);
-	if (r < 0) {
-		fprintf(stderr, "composefs-fuse: image '%s': %s\n", image, image_error(r));
-		goto out_args;
-	}
-	cfs_img_get_info(d.img, &d.info);
-	d.root_nid = d.info.root_nid;
-	if (o.digest) {
-		uint8_t want[CFS_DIGEST_SIZE], got[CFS_DIGEST_SIZE];
-		char hex[2 * CFS_DIGEST_SIZE + 1];
-		size_t size;
-		const uint8_t *bytes = cfs_img_bytes(d.img, &size);
-
-		if (cfs_digest_from_hex(o.digest, want) < 0) {
-			fprintf(stderr, "composefs-fuse: digest=%s: expected 64 hex digits\n", o.digest);
-			goto out_img;
-		}
-		r = cfs_fsverity_digest_mem(bytes, size, got);
-		if (r < 0) {
-			fprintf(stderr, "composefs-fuse: image '%s': computing its digest: %s\n", image,
-				strerror(-r));
-			goto out_img;
-		}
-		if (memcmp(want, got, sizeof(want)) != 0) {
-			cfs_digest_to_hex(got, hex);
-			fprintf(stderr, "composefs-fuse: image '%s': fs-verity digest %s does not match "
-					"digest=%s\n", image, hex, o.digest);
-			goto out_img;
-		}
-	}
+	if (load_image(&d, image, o.digest) < 0)
+		goto out_img;
 
 	if (o.basedir && resolve_basedirs(o.basedir, &basedirs) < 0)
 		goto out_img;
 
-	if (stat(mnt, &st) < 0) {
-		fprintf(stderr, "composefs-fuse: mountpoint '%s': %m\n", mnt);
+	if (check_mountpoint(mnt) < 0)
 		goto out_img;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		fprintf(stderr, "composefs-fuse: mountpoint '%s': not a directory\n", mnt);
-		goto out_img;
-	}
 
 	if (o.tree_cache && !strcmp(o.tree_cache, "none"))
 		tree_cache = NULL;
@@ -560,19 +626,7 @@ int main(int argc, char *argv[])
 	if (basedirs && open_cas(&d, basedirs, &co) < 0)
 		goto out_img;
 
-	/* Mount options: read-only, kernel permission checks (as overlayfs
-	 * does), the image as the source; auto_unmount for ordinary users. */
-	if (fuse_opt_add_arg(&args, "-oro,default_permissions,subtype=composefs-fuse") < 0 ||
-	    fuse_opt_add_opt_escaped(&fsname_opt, image) < 0)
-		goto out_cas;
-	{
-		_cleanup_free_ char *fsn = NULL;
-		if (asprintf(&fsn, "-ofsname=%s", fsname_opt) < 0 || fuse_opt_add_arg(&args, fsn) < 0)
-			goto out_cas;
-	}
-	if (geteuid() != 0 && !o.noauto_unmount && fuse_opt_add_arg(&args, "-oauto_unmount") < 0)
-		goto out_cas;
-	if (fuse_opt_add_arg(&args, mnt) < 0)
+	if (add_mount_options(&args, image, mnt, geteuid() != 0 && !o.noauto_unmount) < 0)
 		goto out_cas;
 	if (fuse_parse_cmdline(&args, &cl) != 0)
 		goto out_cas;
@@ -640,18 +694,7 @@ int main(int argc, char *argv[])
 		 cfsd_pt_describe(), d.cas ? cfs_cas_io_backend(d.cas) : "none",
 		 tree_cache ? tree_cache : "off");
 
-	if (cl.singlethread) {
-		r = fuse_session_loop(d.se);
-	} else {
-		loop_cfg = fuse_loop_cfg_create();
-		if (!loop_cfg)
-			goto out_unmount;
-		fuse_loop_cfg_set_clone_fd(loop_cfg, (unsigned)cl.clone_fd);
-		fuse_loop_cfg_set_max_threads(loop_cfg, cl.max_threads);
-		if (cl.max_idle_threads != UINT_MAX)
-			fuse_loop_cfg_set_idle_threads(loop_cfg, cl.max_idle_threads);
-		r = fuse_session_loop_mt(d.se, loop_cfg);
-	}
+	r = run_loop(d.se, &cl);
 	/* 0 on unmount, the signal number on SIGTERM/SIGINT/SIGHUP. */
 	if (r < 0)
 		cfsd_log(FUSE_LOG_ERR, "session loop failed: %s\n", strerror(-r));
@@ -668,8 +711,6 @@ out_session:
 	if (sig_installed)
 		fuse_remove_signal_handlers(d.se);
 	fuse_session_destroy(d.se);
-	if (loop_cfg)
-		fuse_loop_cfg_destroy(loop_cfg);
 out_cas:
 	cfsd_files_free(&d);
 	d.cas = cfs_cas_unref(d.cas);
