@@ -84,9 +84,14 @@ static int open_image(const char *path, struct cfs_image **ret_img)
 
 static int load_error(const char *path, int r)
 {
+	const char *detail = cfs_img_error_detail();
+
 	if (r == -EFSCORRUPTED)
-		fprintf(stderr, "composefs-info: Failed to load '%s': corrupt image (%s)\n", path,
-			strerror(-r));
+		fprintf(stderr, "composefs-info: Failed to load '%s': corrupt image: %s\n", path,
+			*detail ? detail : strerror(-r));
+	else if ((r == -EOPNOTSUPP || r == -EFBIG) && *detail)
+		fprintf(stderr, "composefs-info: Failed to load '%s': %s: %s\n", path, strerror(-r),
+			detail);
 	else
 		fprintf(stderr, "composefs-info: Failed to load '%s': %s\n", path, strerror(-r));
 	return r;

@@ -77,7 +77,7 @@ int cfs_img_open_mem(const void *data, size_t size, unsigned flags, struct cfs_i
 /* Why an open failed, for messages: filled by the *_ex variants on error. */
 struct cfs_img_diag {
 	uint32_t unsupported_incompat; /* EROFS feature_incompat bits we refuse */
-	char reason[160];              /* one line, no trailing newline */
+	char reason[192];              /* one line, no trailing newline */
 };
 /* As above; on failure, if @diag is not NULL, it describes the reason.
  * -EOPNOTSUPP with diag->unsupported_incompat != 0 names refused features
@@ -90,6 +90,12 @@ const char *cfs_img_incompat_name(uint32_t bit);
 struct cfs_image *cfs_img_ref(struct cfs_image *img);
 struct cfs_image *cfs_img_unref(struct cfs_image *img); /* takes NULL, returns NULL */
 CFS_DEFINE_CLEANUP(struct cfs_image *, cfs_img_unref)
+
+/* A one-line description of the last -EFSCORRUPTED or -EOPNOTSUPP that a
+ * cfs_img_* call returned on the calling thread ("directory nid 36: bad
+ * de[0].nameoff 13 in block 0"), for log messages.  Thread-local, valid
+ * until the thread's next failing call; "" if there was none. */
+const char *cfs_img_error_detail(void);
 
 /* The raw image bytes (for digest checks).  Borrowed. */
 const uint8_t *cfs_img_bytes(const struct cfs_image *img, size_t *ret_size);

@@ -44,6 +44,7 @@ struct dnode {
 	struct dnode **children;
 	size_t n_children, cap_children;
 
+	uint64_t nid;           /* for messages */
 	uint32_t mode, nlink, uid, gid;
 	uint64_t rdev, size;
 	int64_t mtime;
@@ -152,7 +153,8 @@ static int node_set_xattr(struct dnode *n, char *name, const uint8_t *value, siz
 
 	if (namelen == 0 || namelen > XATTR_NAME_MAX_LEN) {
 		free(name);
-		return -EFSCORRUPTED;
+		return cfs_img_fail(-EFSCORRUPTED, "inode nid %llu: xattr name of %zu bytes",
+				    (unsigned long long)n->nid, namelen);
 	}
 	for (size_t i = 0; i < n->n_xattrs; i++) {
 		if (strcmp(n->xattrs[i].name, name) != 0)
@@ -169,7 +171,8 @@ static int node_set_xattr(struct dnode *n, char *name, const uint8_t *value, siz
 		entry += 12; /* the ibody header */
 	if (n->xattr_size + entry > XATTR_SIZE_LIMIT) {
 		free(name);
-		return -EFSCORRUPTED;
+		return cfs_img_fail(-EFBIG, "inode nid %llu: xattrs too large for a dump",
+				    (unsigned long long)n->nid);
 	}
 	x = realloc(n->xattrs, (n->n_xattrs + 1) * sizeof(*x));
 	if (!x) {
@@ -202,7 +205,8 @@ static int load_xattr_cb(void *userdata, uint8_t index, const char *suffix, size
 	char *name;
 
 	if (!prefix)
-		return -EFSCORRUPTED;
+		return cfs_img_fail(-EFSCORRUPTED, "inode nid %llu: unknown xattr prefix index %u",
+				    (unsigned long long)n->nid, index);
 	plen = strlen(prefix);
 	name = malloc(plen + suffix_len + 1);
 	if (!name)
@@ -282,6 +286,7 @@ static int load_inode(struct loader *l, const struct cfs_inode *ino, struct dnod
 	struct xattr_load_ctx xc = { l->img, n };
 	int r;
 
+	n->nid = ino->nid;
 	n->mode = ino->mode;
 	n->nlink = ino->nlink;
 	n->uid = ino->uid;
@@ -299,15 +304,18 @@ static int load_inode(struct loader *l, const struct cfs_inode *ino, struct dnod
 		ssize_t got;
 
 		if (ino->size >= PATH_MAX)
-			return -EFSCORRUPTED;
+			return cfs_img_fail(-EFSCORRUPTED, "symlink nid %llu: target of %llu bytes",
+					    (unsigned long long)ino->nid, (unsigned long long)ino->size);
 		got = cfs_img_read(l->img, ino, 0, buf, (size_t)ino->size);
 		if (got < 0)
 			return (int)got;
 		if ((uint64_t)got != ino->size)
-			return -EFSCORRUPTED;
+			return cfs_img_fail(-EFSCORRUPTED, "symlink nid %llu: short target",
+					    (unsigned long long)ino->nid);
 		buf[got] = '\0';
-		if (buf[0] == '\0')
-			return -EFSCORRUPTED; /* upstream refuses an empty target */
+		if (buf[0] == '\0') /* upstream refuses an empty target */
+			return cfs_img_fail(-EFSCORRUPTED, "symlink nid %llu: empty target",
+					    (unsigned long long)ino->nid);
 		n->payload = strdup(buf);
 		if (!n->payload)
 			return -ENOMEM;
@@ -319,7 +327,9 @@ static int load_inode(struct loader *l, const struct cfs_inode *ino, struct dnod
 		(void)cfs_img_bytes(l->img, &img_size);
 		/* Upstream's dump format cannot hold more inline content. */
 		if (ino->size > INLINE_CONTENT_MAX || ino->size > img_size)
-			return -EFBIG;
+			return cfs_img_fail(-EFBIG, "inode nid %llu: %llu bytes of content in the image (a dump holds at most %d)",
+					    (unsigned long long)ino->nid, (unsigned long long)ino->size,
+					    INLINE_CONTENT_MAX);
 		n->content = malloc((size_t)ino->size);
 		if (!n->content)
 			return -ENOMEM;
@@ -327,7 +337,8 @@ static int load_inode(struct loader *l, const struct cfs_inode *ino, struct dnod
 		if (got < 0)
 			return (int)got;
 		if ((uint64_t)got != ino->size)
-			return -EFSCORRUPTED;
+			return cfs_img_fail(-EFSCORRUPTED, "inode nid %llu: short content",
+					    (unsigned long long)ino->nid);
 	}
 
 	r = cfs_img_iterate_raw_xattrs(l->img, ino, load_xattr_cb, &xc);
@@ -365,7 +376,8 @@ static int sort_children(struct dnode *n)
 	qsort(n->children, n->n_children, sizeof(*n->children), cmp_child);
 	for (size_t i = 1; i < n->n_children; i++)
 		if (strcmp(n->children[i - 1]->name, n->children[i]->name) == 0)
-			return -EFSCORRUPTED;
+			return cfs_img_fail(-EFSCORRUPTED, "directory nid %llu: duplicate name",
+					    (unsigned long long)n->nid);
 	return 0;
 }
 
@@ -383,7 +395,7 @@ static int one_entry_cb(void *userdata, const char *name, size_t namelen, uint64
 	struct one_entry *e = userdata;
 
 	if (namelen > EROFS_NAME_LEN)
-		return -EFSCORRUPTED;
+		return cfs_img_fail(-EFSCORRUPTED, "name of %zu bytes", namelen);
 	e->dot = (namelen == 1 && name[0] == '.') || (namelen == 2 && name[0] == '.' && name[1] == '.');
 	memcpy(e->name, name, namelen);
 	e->name[namelen] = '\0';
@@ -427,12 +439,11 @@ static int load_tree(const struct cfs_image *img, const char *const *toplevel, s
 	if (r < 0)
 		goto out;
 	r = load_inode(&l, &ino, root);
+	if (r == 0 && !S_ISDIR(ino.mode))
+		r = 1;
 	if (r != 0) {
-		r = r < 0 ? r : -EFSCORRUPTED;
-		goto out;
-	}
-	if (!S_ISDIR(ino.mode)) {
-		r = -EFSCORRUPTED;
+		if (r > 0)
+			r = cfs_img_fail(-EFSCORRUPTED, "the root is not a directory");
 		goto out;
 	}
 
@@ -461,7 +472,8 @@ static int load_tree(const struct cfs_image *img, const char *const *toplevel, s
 			continue;
 		}
 		if (budget-- == 0) {
-			r = -EFSCORRUPTED;
+			r = cfs_img_fail(-EFSCORRUPTED,
+					 "more directory entries than the image can hold: directories share data");
 			goto out;
 		}
 		f->cookie = e.next;
@@ -470,7 +482,8 @@ static int load_tree(const struct cfs_image *img, const char *const *toplevel, s
 		if (depth == 1 && toplevel && !filter_has(toplevel, e.name))
 			continue;
 		if (e.name[0] == '\0') {
-			r = -EFSCORRUPTED; /* a name starting with NUL */
+			r = cfs_img_fail(-EFSCORRUPTED, "directory nid %llu: a name starts with NUL",
+					 (unsigned long long)f->ino.nid);
 			goto out;
 		}
 

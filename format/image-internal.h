@@ -34,3 +34,6 @@ int cfs_img_iterate_dir_raw(const struct cfs_image *img, const struct cfs_inode 
 /* How many directory entries a walk over the whole tree may meet before the
  * image must be sharing directory data between inodes (-EFSCORRUPTED). */
 uint64_t cfs_img_dirent_budget(const struct cfs_image *img);
+
+/* Record a description for cfs_img_error_detail() and return @err. */
+int cfs_img_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -47,6 +47,29 @@ struct cfs_image {
 	struct cfs_img_info info;
 };
 
+/* What the last -EFSCORRUPTED / -EOPNOTSUPP of this thread was about.
+ * Thread-local, so the accessors stay lock-free; only written on errors. */
+static __thread char err_detail[192];
+
+const char *cfs_img_error_detail(void)
+{
+	return err_detail;
+}
+
+int cfs_img_fail(int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err_detail, sizeof(err_detail), fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+#define CORRUPT(...) cfs_img_fail(-EFSCORRUPTED, __VA_ARGS__)
+#define UNSUPPORTED(...) cfs_img_fail(-EOPNOTSUPP, __VA_ARGS__)
+#define ULL(x) ((unsigned long long)(x))
+
 /* The only place an image offset becomes a pointer. */
 static const uint8_t *img_ptr(const struct cfs_image *img, uint64_t off, uint64_t len)
 {
@@ -108,11 +131,11 @@ static int diag_set(struct cfs_img_diag *diag, int r, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (!diag)
-		return r;
 	va_start(ap, fmt);
-	vsnprintf(diag->reason, sizeof(diag->reason), fmt, ap);
+	vsnprintf(err_detail, sizeof(err_detail), fmt, ap);
 	va_end(ap);
+	if (diag)
+		snprintf(diag->reason, sizeof(diag->reason), "%s", err_detail);
 	return r;
 }
 
@@ -368,12 +391,10 @@ static int nid_to_off(const struct cfs_image *img, uint64_t nid, uint64_t *ret_o
 {
 	uint64_t off;
 
-	if (nid > (UINT64_MAX >> EROFS_ISLOTBITS))
-		return -EFSCORRUPTED;
-	if (__builtin_add_overflow(img->meta_off, nid << EROFS_ISLOTBITS, &off))
-		return -EFSCORRUPTED;
-	if (!img_ptr(img, off, sizeof(struct erofs_disk_inode_compact)))
-		return -EFSCORRUPTED;
+	if (nid > (UINT64_MAX >> EROFS_ISLOTBITS) ||
+	    __builtin_add_overflow(img->meta_off, nid << EROFS_ISLOTBITS, &off) ||
+	    !img_ptr(img, off, sizeof(struct erofs_disk_inode_compact)))
+		return CORRUPT("inode nid %llu is beyond the image", ULL(nid));
 	*ret_off = off;
 	return 0;
 }
@@ -413,7 +434,7 @@ static int chunk_info(const struct cfs_image *img, const struct cfs_inode *ino, 
 	uint64_t end;
 
 	if (fmt & ~EROFS_CHUNK_FORMAT_ALL)
-		return -EOPNOTSUPP;
+		return UNSUPPORTED("inode nid %llu: unknown chunk format 0x%x", ULL(ino->nid), fmt);
 	ci->chunkbits = CFS_BLKSZ_BITS + (fmt & EROFS_CHUNK_FORMAT_BLKBITS_MASK);
 	ci->unit = (fmt & EROFS_CHUNK_FORMAT_INDEXES) ? sizeof(struct erofs_disk_chunk_index) : 4;
 	ci->nchunks = ino->size ? ((ino->size - 1) >> ci->chunkbits) + 1 : 0;
@@ -421,7 +442,7 @@ static int chunk_info(const struct cfs_image *img, const struct cfs_inode *ino, 
 	ci->table_off = (end + ci->unit - 1) & ~(uint64_t)(ci->unit - 1);
 	if (ci->table_off < end || ci->nchunks > img->size / ci->unit ||
 	    !img_ptr(img, ci->table_off, ci->nchunks * ci->unit))
-		return -EFSCORRUPTED;
+		return CORRUPT("inode nid %llu: chunk table beyond the image", ULL(ino->nid));
 	return 0;
 }
 
@@ -433,7 +454,8 @@ static int check_data_layout(const struct cfs_image *img, const struct cfs_inode
 	switch (ino->datalayout) {
 	case EROFS_INODE_FLAT_PLAIN:
 		if (ino->size && !img_ptr(img, start, ino->size))
-			return -EFSCORRUPTED;
+			return CORRUPT("inode nid %llu: data (block %u, %llu bytes) beyond the image",
+				       ULL(ino->nid), ino->raw_blkaddr, ULL(ino->size));
 		return 0;
 	case EROFS_INODE_FLAT_INLINE: {
 		uint64_t tail_len, toff;
@@ -445,9 +467,11 @@ static int check_data_layout(const struct cfs_image *img, const struct cfs_inode
 		tail_len = ino->size - ((nblocks - 1) << CFS_BLKSZ_BITS);
 		toff = inode_tail_off(ino);
 		if ((toff & (CFS_BLKSZ - 1)) + tail_len > CFS_BLKSZ || !img_ptr(img, toff, tail_len))
-			return -EFSCORRUPTED;
+			return CORRUPT("inode nid %llu: inline data (%llu bytes) crosses a block boundary",
+				       ULL(ino->nid), ULL(tail_len));
 		if (nblocks > 1 && !img_ptr(img, start, (nblocks - 1) << CFS_BLKSZ_BITS))
-			return -EFSCORRUPTED;
+			return CORRUPT("inode nid %llu: data (block %u, %llu bytes) beyond the image",
+				       ULL(ino->nid), ino->raw_blkaddr, ULL(ino->size));
 		return 0;
 	}
 	case EROFS_INODE_CHUNK_BASED:
@@ -455,16 +479,19 @@ static int check_data_layout(const struct cfs_image *img, const struct cfs_inode
 		 * chunk-based directories or symlinks, and refusing them keeps
 		 * directory data within the image size. */
 		if (!S_ISREG(ino->mode))
-			return -EFSCORRUPTED;
+			return CORRUPT("inode nid %llu: chunk-based layout on a non-regular file",
+				       ULL(ino->nid));
 		if ((uint16_t)ino->raw_blkaddr & ~EROFS_CHUNK_FORMAT_ALL)
-			return -EOPNOTSUPP;
+			return UNSUPPORTED("inode nid %llu: unknown chunk format 0x%x", ULL(ino->nid),
+					   (uint16_t)ino->raw_blkaddr);
 		/* The chunk table is checked when it is read, as the kernel
 		 * does: upstream mkcomposefs writes files of more than one
 		 * chunk (over 8 TiB) with the table in a data block, where
 		 * no reader looks, and such an inode must still stat. */
 		return 0;
 	default:
-		return -EOPNOTSUPP;
+		return UNSUPPORTED("inode nid %llu: unsupported data layout %u", ULL(ino->nid),
+				   ino->datalayout);
 	}
 }
 
@@ -482,11 +509,13 @@ int cfs_img_read_inode(const struct cfs_image *img, uint64_t nid, struct cfs_ino
 	p = img->data + ino.inode_off;
 	ifmt = get_le16(p);
 	if (ifmt & ~EROFS_I_ALL)
-		return -EOPNOTSUPP;
+		return UNSUPPORTED("inode nid %llu: unknown i_format bits 0x%x", ULL(nid), ifmt);
 	ino.datalayout = (ifmt >> EROFS_I_DATALAYOUT_BIT) & EROFS_I_DATALAYOUT_MASK;
 	if (ino.datalayout != EROFS_INODE_FLAT_PLAIN && ino.datalayout != EROFS_INODE_FLAT_INLINE &&
 	    ino.datalayout != EROFS_INODE_CHUNK_BASED)
-		return -EOPNOTSUPP; /* compressed or unknown */
+		return UNSUPPORTED("inode nid %llu: %s data layout %u", ULL(nid),
+				   ino.datalayout == 1 || ino.datalayout == 3 ? "compressed" : "unknown",
+				   ino.datalayout);
 
 	/* Decoded from copies: the caller's buffer may be unaligned. */
 	if ((ifmt & EROFS_I_VERSION_MASK) == EROFS_INODE_LAYOUT_COMPACT) {
@@ -509,7 +538,7 @@ int cfs_img_read_inode(const struct cfs_image *img, uint64_t nid, struct cfs_ino
 
 		p = img_ptr(img, ino.inode_off, sizeof(ebuf));
 		if (!p)
-			return -EFSCORRUPTED;
+			return CORRUPT("inode nid %llu is beyond the image", ULL(nid));
 		memcpy(&ebuf, p, sizeof(ebuf));
 		ino.inode_isize = sizeof(*e);
 		ino.xattr_icount = le16toh(e->i_xattr_icount);
@@ -536,12 +565,13 @@ int cfs_img_read_inode(const struct cfs_image *img, uint64_t nid, struct cfs_ino
 	case S_IFSOCK:
 		break;
 	default:
-		return -EFSCORRUPTED;
+		return CORRUPT("inode nid %llu: bogus mode 0%o", ULL(nid), ino.mode);
 	}
 
 	/* The inline xattr area follows the inode. */
 	if (!img_ptr(img, ino.inode_off + ino.inode_isize, xattr_isize(&ino)))
-		return -EFSCORRUPTED;
+		return CORRUPT("inode nid %llu: xattr area (%u slots) beyond the image", ULL(nid),
+			       ino.xattr_icount);
 
 	if (has_data(ino.mode)) {
 		r = check_data_layout(img, &ino);
@@ -563,7 +593,7 @@ static int map_block(const struct cfs_image *img, const struct cfs_inode *ino, u
 	const uint8_t *p;
 
 	if (lblk >= nblocks)
-		return -EFSCORRUPTED;
+		return CORRUPT("inode nid %llu: block %llu beyond its size", ULL(ino->nid), ULL(lblk));
 	pos = lblk << CFS_BLKSZ_BITS;
 	len = (size_t)(ino->size - pos < CFS_BLKSZ ? ino->size - pos : CFS_BLKSZ);
 
@@ -572,7 +602,8 @@ static int map_block(const struct cfs_image *img, const struct cfs_inode *ino, u
 		if (lblk == nblocks - 1) {
 			off = inode_tail_off(ino);
 			if ((off & (CFS_BLKSZ - 1)) + len > CFS_BLKSZ)
-				return -EFSCORRUPTED;
+				return CORRUPT("inode nid %llu: inline data crosses a block boundary",
+					       ULL(ino->nid));
 			break;
 		}
 		/* fallthrough */
@@ -580,7 +611,7 @@ static int map_block(const struct cfs_image *img, const struct cfs_inode *ino, u
 		off = ((uint64_t)ino->raw_blkaddr << CFS_BLKSZ_BITS) + pos;
 		break;
 	case EROFS_INODE_CHUNK_BASED: {
-		struct chunk_info ci;
+		struct chunk_info ci = { 0 };
 		const uint8_t *e;
 		uint64_t chunknr;
 		uint32_t blkaddr;
@@ -592,7 +623,8 @@ static int map_block(const struct cfs_image *img, const struct cfs_inode *ino, u
 		chunknr = pos >> ci.chunkbits;
 		e = img_ptr(img, ci.table_off + chunknr * ci.unit, ci.unit);
 		if (!e)
-			return -EFSCORRUPTED;
+			return CORRUPT("inode nid %llu: chunk %llu beyond the image", ULL(ino->nid),
+				       ULL(chunknr));
 		blkaddr = ci.unit == 4 ? get_le32(e) : get_le32(e + 4);
 		if (blkaddr == EROFS_NULL_ADDR) {
 			*ret_p = NULL;
@@ -603,11 +635,12 @@ static int map_block(const struct cfs_image *img, const struct cfs_inode *ino, u
 		break;
 	}
 	default:
-		return -EOPNOTSUPP;
+		return UNSUPPORTED("inode nid %llu: unsupported data layout %u", ULL(ino->nid),
+				   ino->datalayout);
 	}
 	p = img_ptr(img, off, len);
 	if (!p)
-		return -EFSCORRUPTED;
+		return CORRUPT("inode nid %llu: block %llu beyond the image", ULL(ino->nid), ULL(lblk));
 	*ret_p = p;
 	*ret_len = len;
 	return 0;
@@ -632,6 +665,7 @@ struct dir_block {
 	const uint8_t *p;
 	size_t len;     /* valid bytes: min(blksz, i_size - block start) */
 	unsigned ndirents;
+	uint64_t nid, lblk; /* for messages */
 };
 
 static int dir_block(const struct cfs_image *img, const struct cfs_inode *dir, uint64_t lblk,
@@ -645,16 +679,21 @@ static int dir_block(const struct cfs_image *img, const struct cfs_inode *dir, u
 	r = map_block(img, dir, lblk, &p, &len);
 	if (r < 0)
 		return r;
-	if (!p || len < sizeof(struct erofs_disk_dirent))
-		return -EFSCORRUPTED;
+	if (!p)
+		return CORRUPT("directory nid %llu: hole at block %llu", ULL(dir->nid), ULL(lblk));
+	if (len < sizeof(struct erofs_disk_dirent))
+		return CORRUPT("directory nid %llu: block %llu too short", ULL(dir->nid), ULL(lblk));
 	/* de[0].nameoff gives the number of dirents (kernel fs/erofs/dir.c) */
 	nameoff = get_le16(p + offsetof(struct erofs_disk_dirent, nameoff));
 	if (nameoff < sizeof(struct erofs_disk_dirent) || nameoff >= len ||
 	    nameoff % sizeof(struct erofs_disk_dirent))
-		return -EFSCORRUPTED;
+		return CORRUPT("directory nid %llu: bad de[0].nameoff %u in block %llu", ULL(dir->nid),
+			       nameoff, ULL(lblk));
 	ret->p = p;
 	ret->len = len;
 	ret->ndirents = nameoff / sizeof(struct erofs_disk_dirent);
+	ret->nid = dir->nid;
+	ret->lblk = lblk;
 	return 0;
 }
 
@@ -668,28 +707,32 @@ static int dir_entry(const struct cfs_image *img, const struct dir_block *b, uns
 	uint64_t off;
 
 	if (nameoff < first || nameoff >= b->len)
-		return -EFSCORRUPTED;
+		goto bad_name;
 	if (i + 1 < b->ndirents) {
 		size_t next = get_le16(de + sizeof(struct erofs_disk_dirent) +
 				       offsetof(struct erofs_disk_dirent, nameoff));
 		if (next <= nameoff || next > b->len)
-			return -EFSCORRUPTED;
+			goto bad_name;
 		namelen = next - nameoff;
 	} else {
 		/* The last name ends at the first NUL or the end of the data. */
 		namelen = strnlen((const char *)b->p + nameoff, b->len - nameoff);
 		if (namelen == 0)
-			return -EFSCORRUPTED;
+			goto bad_name;
 	}
 	if (namelen > EROFS_NAME_LEN)
-		return -EFSCORRUPTED;
+		goto bad_name;
 	*ret_nid = get_le64(de);
 	if (nid_to_off(img, *ret_nid, &off) < 0)
-		return -EFSCORRUPTED;
+		return CORRUPT("directory nid %llu: entry %u of block %llu points at nid %llu beyond the image",
+			       ULL(b->nid), i, ULL(b->lblk), ULL(*ret_nid));
 	*ret_name = (const char *)b->p + nameoff;
 	*ret_namelen = namelen;
 	*ret_ft = de[offsetof(struct erofs_disk_dirent, file_type)];
 	return 0;
+bad_name:
+	return CORRUPT("directory nid %llu: bad name offset or length in entry %u of block %llu",
+		       ULL(b->nid), i, ULL(b->lblk));
 }
 
 static bool name_ok(const char *name, size_t len)
@@ -730,7 +773,8 @@ static int iterate_dir(const struct cfs_image *img, const struct cfs_inode *dir,
 			if (r < 0)
 				return r;
 			if (strict && !name_ok(name, namelen))
-				return -EFSCORRUPTED;
+				return CORRUPT("directory nid %llu: a name contains '/' or NUL",
+					       ULL(dir->nid));
 			next = i + 1 < b.ndirents ?
 				       (lblk << CFS_BLKSZ_BITS) + (uint64_t)(i + 1) * sizeof(struct erofs_disk_dirent) :
 				       (lblk + 1) << CFS_BLKSZ_BITS;
@@ -827,7 +871,7 @@ int cfs_img_walk(const struct cfs_image *img, cfs_walk_fn fn, void *userdata)
 			continue;
 		}
 		if (budget-- == 0)
-			return -EFSCORRUPTED;
+			return CORRUPT("more directory entries than the image can hold: directories share data");
 		f->cookie = e.next;
 		if ((e.namelen == 1 && e.name[0] == '.') ||
 		    (e.namelen == 2 && e.name[0] == '.' && e.name[1] == '.'))
@@ -988,7 +1032,7 @@ ssize_t cfs_img_read(const struct cfs_image *img, const struct cfs_inode *ino, u
 		if (r < 0)
 			return r;
 		if (boff >= blen)
-			return -EFSCORRUPTED;
+			return CORRUPT("inode nid %llu: short block %llu", ULL(ino->nid), ULL(lblk));
 		n = blen - boff;
 		if (n > len - done)
 			n = len - done;
@@ -1010,14 +1054,14 @@ ssize_t cfs_img_readlink(const struct cfs_image *img, const struct cfs_inode *in
 		return -EINVAL;
 	/* Like the kernel, a target is shorter than a page (PATH_MAX). */
 	if (ino->size >= PATH_MAX)
-		return -EFSCORRUPTED;
+		return CORRUPT("symlink nid %llu: target of %llu bytes", ULL(ino->nid), ULL(ino->size));
 	if (bufsz <= ino->size)
 		return -ERANGE;
 	n = cfs_img_read(img, ino, 0, buf, (size_t)ino->size);
 	if (n < 0)
 		return n;
 	if ((uint64_t)n != ino->size)
-		return -EFSCORRUPTED;
+		return CORRUPT("symlink nid %llu: short target", ULL(ino->nid));
 	buf[n] = '\0';
 	/* What readlink(2) shows: the target ends at the first NUL. */
 	return (ssize_t)strlen(buf);
@@ -1052,14 +1096,15 @@ struct xentry {
 };
 
 /* Decode the xattr entry at @off, which must end by @limit. */
-static int xattr_entry(const struct cfs_image *img, uint64_t off, uint64_t limit, struct xentry *ret)
+static int xattr_entry(const struct cfs_image *img, uint64_t nid, uint64_t off, uint64_t limit,
+		       struct xentry *ret)
 {
 	const uint8_t *p = img_ptr(img, off, sizeof(struct erofs_disk_xattr_entry));
 	struct erofs_disk_xattr_entry e;
 	uint64_t end;
 
 	if (!p)
-		return -EFSCORRUPTED;
+		goto bad;
 	memcpy(&e, p, sizeof(e));
 	ret->index = e.e_name_index;
 	ret->name_len = e.e_name_len;
@@ -1067,10 +1112,12 @@ static int xattr_entry(const struct cfs_image *img, uint64_t off, uint64_t limit
 	ret->size = erofs_xattr_entry_size(e.e_name_len, ret->value_len);
 	if (__builtin_add_overflow(off, ret->size, &end) || end > limit ||
 	    !img_ptr(img, off, sizeof(e) + ret->name_len + ret->value_len))
-		return -EFSCORRUPTED;
+		goto bad;
 	ret->name = (const char *)p + sizeof(e);
 	ret->value = p + sizeof(e) + ret->name_len;
 	return 0;
+bad:
+	return CORRUPT("inode nid %llu: xattr entry at byte %llu overruns its area", ULL(nid), ULL(off));
 }
 
 int cfs_img_iterate_raw_xattrs(const struct cfs_image *img, const struct cfs_inode *ino,
@@ -1087,18 +1134,19 @@ int cfs_img_iterate_raw_xattrs(const struct cfs_image *img, const struct cfs_ino
 	end = start + xattr_isize(ino);
 	h = img_ptr(img, start, end - start);
 	if (!h)
-		return -EFSCORRUPTED;
+		return CORRUPT("inode nid %llu: xattr area beyond the image", ULL(ino->nid));
 	shared = h[offsetof(struct erofs_disk_xattr_ibody_header, h_shared_count)];
 	ids = start + sizeof(struct erofs_disk_xattr_ibody_header);
 	off = ids + (uint64_t)shared * 4;
 	if (off > end)
-		return -EFSCORRUPTED;
+		return CORRUPT("inode nid %llu: %u shared xattrs overrun the xattr area", ULL(ino->nid),
+			       shared);
 
 	/* Inline entries fill the rest of the area exactly (kernel xattr.c). */
 	while (off < end) {
 		struct xentry e;
 
-		r = xattr_entry(img, off, end, &e);
+		r = xattr_entry(img, ino->nid, off, end, &e);
 		if (r < 0)
 			return r;
 		r = fn(userdata, e.index, e.name, e.name_len, e.value, e.value_len);
@@ -1111,7 +1159,7 @@ int cfs_img_iterate_raw_xattrs(const struct cfs_image *img, const struct cfs_ino
 		uint64_t id = get_le32(img->data + ids + 4 * (uint64_t)i);
 		struct xentry e;
 
-		r = xattr_entry(img, img->xattr_off + id * 4, img->size, &e);
+		r = xattr_entry(img, ino->nid, img->xattr_off + id * 4, img->size, &e);
 		if (r < 0)
 			return r;
 		r = fn(userdata, e.index, e.name, e.name_len, e.value, e.value_len);
@@ -1135,10 +1183,10 @@ static int full_xattr_name(uint8_t index, const char *suffix, size_t suffix_len,
 	size_t plen;
 
 	if (!prefix || memchr(suffix, '\0', suffix_len))
-		return -EFSCORRUPTED;
+		return CORRUPT("xattr name with an unknown prefix or a NUL byte");
 	plen = strlen(prefix);
 	if (plen + suffix_len == 0)
-		return -EFSCORRUPTED;
+		return CORRUPT("empty xattr name");
 	memcpy(buf, prefix, plen);
 	memcpy(buf + plen, suffix, suffix_len);
 	buf[plen + suffix_len] = '\0';
@@ -1261,10 +1309,12 @@ int cfs_img_get_backing(const struct cfs_image *img, const struct cfs_inode *ino
 		 * digest; empty means no digest (overlayfs ovl_check_metacopy_xattr). */
 		if (len != 0) {
 			if (len < OVL_METACOPY_HDR || v[0] != 0 || v[1] != len)
-				return -EFSCORRUPTED;
+				return CORRUPT("inode nid %llu: malformed overlay metacopy xattr",
+					       ULL(ino->nid));
 			if (len > OVL_METACOPY_HDR) {
 				if (len != OVL_METACOPY_HDR + CFS_DIGEST_SIZE || v[3] != FS_VERITY_ALG_SHA256)
-					return -EFSCORRUPTED;
+					return CORRUPT("inode nid %llu: unsupported overlay metacopy digest",
+						       ULL(ino->nid));
 				b.has_digest = true;
 				memcpy(b.digest, v + OVL_METACOPY_HDR, CFS_DIGEST_SIZE);
 			}

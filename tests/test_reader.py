@@ -285,7 +285,7 @@ def corruptions():
         "not a directory")
     mut("root-nid-misaligned", lambda i: struct.pack_into("<H", i.data, 1024 + 14, i.root + 1))
 
-    def dirent(name, val, field="nameoff"):
+    def dirent(name, val, field="nameoff", msg=None):
         def f(i):
             big = i.find("big")
             _, _, e = i.entries(big)[1 if field == "nid" else 0]
@@ -293,43 +293,44 @@ def corruptions():
                 struct.pack_into("<H", i.data, e + 8, val)
             else:
                 struct.pack_into("<Q", i.data, e, val)
-        mut(name, f)
+        mut(name, f, msg)
 
-    dirent("nameoff-zero", 0)
-    dirent("nameoff-unaligned", 13)
-    dirent("nameoff-past-block", 4095)
-    dirent("nameoff-huge", 0xffff)
-    dirent("dirent-nid-huge", 1 << 60, "nid")
+    dirent("nameoff-zero", 0, msg="de[0].nameoff 0")
+    dirent("nameoff-unaligned", 13, msg="de[0].nameoff 13")
+    dirent("nameoff-past-block", 4095, msg="nameoff")
+    dirent("nameoff-huge", 0xffff, msg="nameoff")
+    dirent("dirent-nid-huge", 1 << 60, "nid", msg="beyond the image")
 
-    def inode_field(name, path, off, fmt, val):
+    def inode_field(name, path, off, fmt, val, msg=None):
         def f(i):
             struct.pack_into(fmt, i.data, i.inode(i.find(path))["off"] + off, val)
-        mut(name, f)
+        mut(name, f, msg)
 
-    inode_field("xattr-icount-huge", "xattrs", 2, "<H", 0xffff)
-    inode_field("xattr-icount-small", "xattrs", 2, "<H", 1)  # shared ids past the area
-    inode_field("layout-compressed", "inline/f5000", 0, "<H", (1 << 1) | 1)
-    inode_field("layout-unknown", "inline/f5000", 0, "<H", (7 << 1) | 1)
-    inode_field("format-reserved-bits", "inline/f5000", 0, "<H", 0x8000 | (2 << 1) | 1)
-    inode_field("inline-size-crosses-block", "inline/f2047", 8, "<Q", 4000)
-    inode_field("plain-size-beyond-image", "inline/f4096", 8, "<Q", 1 << 40)
-    inode_field("mode-bogus", "xattrs", 4, "<H", 0o170644)
-    inode_field("chunk-format-unknown", "ext-digest", 16, "<I", 0x40 | 5)
-    inode_field("symlink-too-long", "sym", 8, "<Q", 5000)
-    inode_field("dir-size-huge", "big", 8, "<Q", 1 << 50)
+    inode_field("xattr-icount-huge", "xattrs", 2, "<H", 0xffff, "xattr area")
+    inode_field("xattr-icount-small", "xattrs", 2, "<H", 1, "shared xattrs overrun")
+    inode_field("layout-compressed", "inline/f5000", 0, "<H", (1 << 1) | 1, "compressed")
+    inode_field("layout-unknown", "inline/f5000", 0, "<H", (7 << 1) | 1, "unknown data layout")
+    inode_field("format-reserved-bits", "inline/f5000", 0, "<H", 0x8000 | (2 << 1) | 1,
+                "i_format")
+    inode_field("inline-size-crosses-block", "inline/f2047", 8, "<Q", 4000, "block boundary")
+    inode_field("plain-size-beyond-image", "inline/f4096", 8, "<Q", 1 << 40, "beyond the image")
+    inode_field("mode-bogus", "xattrs", 4, "<H", 0o170644, "bogus mode")
+    inode_field("chunk-format-unknown", "ext-digest", 16, "<I", 0x40 | 5, "chunk format")
+    inode_field("symlink-too-long", "sym", 8, "<Q", 5000, "symlink")
+    inode_field("dir-size-huge", "big", 8, "<Q", 1 << 50, "nid")
 
     def shared_id(i):
         ino = i.inode(i.find("xattrs2"))
         assert i.data[ino["off"] + ino["isize"] + 4] > 0  # has shared xattrs
         struct.pack_into("<I", i.data, ino["off"] + ino["isize"] + 12, 0xfffffff0)
-    mut("shared-xattr-id", shared_id)
+    mut("shared-xattr-id", shared_id, "xattr entry")
 
     def xattr_entry_len(i):
         ino = i.inode(i.find("xattrs"))
         shared = i.data[ino["off"] + ino["isize"] + 4]
         e = ino["off"] + ino["isize"] + 12 + 4 * shared
         struct.pack_into("<H", i.data, e + 2, 0xffff)  # value size
-    mut("xattr-value-size", xattr_entry_len)
+    mut("xattr-value-size", xattr_entry_len, "xattr entry")
     return out
 
 
