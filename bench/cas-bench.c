@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: LGPL-2.1-or-later
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * cas-bench: throughput of the userspace verification engine (bench/run-verify.sh).
  *

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: LGPL-2.1-or-later
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Backing-file reads: io_uring (one ring per thread, created on first use,
  * so the read path takes no lock) with a pread fallback chosen at run time

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: LGPL-2.1-or-later
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* The real kernel fs-verity interface (linux/fsverity.h ioctls). */
 #include <errno.h>
 #include <string.h>

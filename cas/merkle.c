@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: LGPL-2.1-or-later
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * fs-verity Merkle trees in userspace: geometry, building with libfsverity,
  * rebuilding from an untrusted leaf level, and the per-block check used on

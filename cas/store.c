@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: LGPL-2.1-or-later
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The object store: base directories, safe resolution of redirect paths
  * beneath them, and the table of open objects (one shared, refcounted,

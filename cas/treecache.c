@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: LGPL-2.1-or-later
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The Merkle tree cache.  In memory: trees of objects that are no longer
  * open, in an LRU bounded by bytes, keyed by digest.  On disk (optional):

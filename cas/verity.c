@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: LGPL-2.1-or-later
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Verification per object: the method is chosen once when the object state
  * is set up, then every read of the userspace method hashes each covered

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: LGPL-2.1-or-later
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * `composefs-info verify --basedir=DIR IMAGE`: check that every object an
  * image refers to exists in the store and matches its fs-verity digest,

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: LGPL-2.1-or-later
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Unit tests of the object store and the verification engine (cas/).
  * Every test builds its own store under a temporary directory.  The
