@@ -44,6 +44,7 @@ struct cfs_image {
 	void *owned; /* data, when the image owns it */
 	uint64_t meta_off;  /* byte offset of nid 0 */
 	uint64_t xattr_off; /* byte offset of shared xattr id 0 */
+	bool xattr_filter;  /* inodes carry an xattr name bloom filter */
 	struct cfs_img_info info;
 };
 
@@ -221,6 +222,7 @@ static int img_validate(struct cfs_image *img, struct cfs_img_diag *diag)
 		return diag_set(diag, -EOPNOTSUPP, "unsupported EROFS directory block size");
 
 	compat = le32toh(sb->feature_compat);
+	img->xattr_filter = compat & EROFS_FEATURE_COMPAT_XATTR_FILTER;
 	if ((compat & EROFS_FEATURE_COMPAT_SB_CHKSUM) && check_sb_checksum(img->data, img->size) < 0)
 		return diag_set(diag, -EFSCORRUPTED, "EROFS superblock checksum mismatch");
 
@@ -1226,6 +1228,64 @@ int cfs_img_iterate_xattrs(const struct cfs_image *img, const struct cfs_inode *
 	return cfs_img_iterate_raw_xattrs(img, ino, xattr_iter_cb, &c);
 }
 
+/* xxHash32 (the XXH32 specification), for the xattr name filter. */
+static inline uint32_t rotl32(uint32_t x, unsigned r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static uint32_t xxh32(const uint8_t *p, size_t len, uint32_t seed)
+{
+	static const uint32_t P1 = 2654435761U, P2 = 2246822519U, P3 = 3266489917U, P4 = 668265263U,
+			      P5 = 374761393U;
+	const uint8_t *end = p + len;
+	uint32_t h;
+
+	if (len >= 16) {
+		uint32_t v[4] = { seed + P1 + P2, seed + P2, seed, seed - P1 };
+
+		for (; end - p >= 16; p += 16)
+			for (int k = 0; k < 4; k++)
+				v[k] = rotl32(v[k] + get_le32(p + 4 * k) * P2, 13) * P1;
+		h = rotl32(v[0], 1) + rotl32(v[1], 7) + rotl32(v[2], 12) + rotl32(v[3], 18);
+	} else {
+		h = seed + P5;
+	}
+	h += (uint32_t)len;
+	for (; end - p >= 4; p += 4)
+		h = rotl32(h + get_le32(p) * P3, 17) * P4;
+	for (; p < end; p++)
+		h = rotl32(h + *p * P5, 11) * P1;
+	h ^= h >> 15;
+	h *= P2;
+	h ^= h >> 13;
+	h *= P3;
+	h ^= h >> 16;
+	return h;
+}
+
+#define EROFS_XATTR_FILTER_BITS 32
+#define EROFS_XATTR_FILTER_SEED 0x25BBE08FU
+
+/* The inode's bloom filter says the name is certainly absent: a set bit
+ * marks a hash no name of the inode has (the kernel's erofs_getxattr()). */
+static bool xattr_filtered_out(const struct cfs_image *img, const struct cfs_inode *ino,
+			       uint8_t index, const char *suffix, size_t suffix_len)
+{
+	const uint8_t *h;
+	uint32_t filter, bit;
+
+	if (!img->xattr_filter || ino->xattr_icount == 0)
+		return false;
+	h = img_ptr(img, ino->inode_off + ino->inode_isize, sizeof(uint32_t));
+	if (!h)
+		return false; /* the walk reports the damage */
+	filter = get_le32(h);
+	bit = xxh32((const uint8_t *)suffix, suffix_len, EROFS_XATTR_FILTER_SEED + index) &
+	      (EROFS_XATTR_FILTER_BITS - 1);
+	return filter & (1U << bit);
+}
+
 struct xattr_get_ctx {
 	uint8_t index;
 	const char *suffix;
@@ -1267,6 +1327,8 @@ int cfs_img_get_xattr(const struct cfs_image *img, const struct cfs_inode *ino, 
 	c.suffix = name + plen;
 	c.suffix_len = strlen(c.suffix);
 	if (c.suffix_len > EROFS_NAME_LEN)
+		return -ENODATA;
+	if (xattr_filtered_out(img, ino, c.index, c.suffix, c.suffix_len))
 		return -ENODATA;
 
 	r = cfs_img_iterate_raw_xattrs(img, ino, xattr_get_cb, &c);

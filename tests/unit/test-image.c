@@ -560,6 +560,44 @@ static void test_superblock(void)
 	printf("ok superblock checks\n");
 }
 
+/* The xattr name bloom filter is honoured as the kernel does: a set bit
+ * hides a name from lookups (not from listing), and only when the
+ * superblock announces the feature. */
+static void test_xattr_filter(void)
+{
+	_cleanup_free_ char *path = image_path("../../reader/rich-v1.cfs");
+	struct blob b = read_file(path);
+	const uint8_t *v;
+	size_t len;
+
+	for (int pass = 0; pass < 3; pass++) {
+		_cleanup_(cfs_img_unrefp) struct cfs_image *img = NULL;
+		struct cfs_inode root, ino;
+		uint64_t nid;
+		int expect = 0;
+
+		CHECK_ERR(cfs_img_open_mem(b.data, b.size, 0, &img), 0);
+		CHECK_ERR(cfs_img_read_inode(img, cfs_img_root_nid(img), &root), 0);
+		CHECK_ERR(cfs_img_lookup(img, &root, "xattrs", 6, &nid, NULL), 0);
+		CHECK_ERR(cfs_img_read_inode(img, nid, &ino), 0);
+		if (pass == 1)
+			expect = -ENODATA; /* filter set to "nothing here" */
+		CHECK_ERR(cfs_img_get_xattr(img, &ino, "user.v01", &v, &len), expect);
+		CHECK_ERR(cfs_img_get_xattr(img, &ino, "user.absent", &v, &len), -ENODATA);
+		if (pass == 0) {
+			uint8_t *f = b.data + ino.inode_off + ino.inode_isize;
+
+			CHECK(len == 8);
+			f[0] = f[1] = f[2] = f[3] = 0xff;
+		} else if (pass == 1) {
+			b.data[EROFS_SUPER_OFFSET + offsetof(struct erofs_disk_super, feature_compat)] &=
+				~EROFS_FEATURE_COMPAT_XATTR_FILTER;
+		}
+	}
+	free(b.data);
+	printf("ok xattr filter\n");
+}
+
 /* The image is read into memory: changing the file afterwards changes
  * nothing. */
 static void test_owned_copy(void)
@@ -771,6 +809,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < ARRAY_SIZE(good); i++)
 		test_good_image(good[i]);
 	test_superblock();
+	test_xattr_filter();
 	test_owned_copy();
 	test_threads();
 	/* Small images: flip every metadata byte (header, superblock, inodes,
