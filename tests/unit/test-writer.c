@@ -119,7 +119,9 @@ static void test_api_equals_dump(void)
 	link->mode = S_IFREG | 0644;
 	link->link_to = small;
 	assert(cfs_node_add_child(b, link, "link") == 0);
-	assert(cfs_node_add_child(b, cfs_node_new(), "link") == -EEXIST);
+	struct cfs_node *dup = cfs_node_new();
+	assert(cfs_node_add_child(b, dup, "link") == -EEXIST);
+	cfs_node_free(dup);
 	assert(strcmp(b->children[0]->name, "big") == 0);
 
 	uint32_t va, vb;
