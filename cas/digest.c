@@ -7,7 +7,7 @@
 
 #include <libfsverity.h>
 
-#include "cas.h"
+#include "cas-internal.h"
 
 struct mem_reader {
 	const uint8_t *data;
@@ -25,24 +25,12 @@ static int read_mem(void *fd, void *buf, size_t count)
 	return 0;
 }
 
-static int read_fd(void *fd, void *buf, size_t count)
+/* Whole-file reads go through the engine's sequential reader: large
+ * pread()s (libfsverity asks for one 4 KiB block at a time, which as
+ * read() calls costs a syscall per block). */
+static int read_seq(void *fd, void *buf, size_t count)
 {
-	int f = *(int *)fd;
-	uint8_t *p = buf;
-
-	while (count > 0) {
-		ssize_t n = read(f, p, count);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EIO; /* the file shrank under us */
-		p += n;
-		count -= (size_t)n;
-	}
-	return 0;
+	return cfs_seqreader_read(fd, buf, count);
 }
 
 static int compute(void *ctx, libfsverity_read_fn_t fn, uint64_t size,
@@ -78,13 +66,24 @@ int cfs_fsverity_digest_mem(const void *data, size_t size, uint8_t ret_digest[CF
 
 int cfs_fsverity_digest_fd(int fd, uint8_t ret_digest[CFS_DIGEST_SIZE])
 {
+	_cleanup_(cfs_seqreader_freep) struct cfs_seqreader *reader = NULL;
+	struct cfs_io io;
 	struct stat st;
+	int r;
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if (!S_ISREG(st.st_mode))
 		return -EINVAL;
-	if (lseek(fd, 0, SEEK_SET) < 0)
-		return -errno;
-	return compute(&fd, read_fd, (uint64_t)st.st_size, ret_digest);
+	/* pread backend: no io_uring ring per call for many small files
+	 * (mkcomposefs); the reader uses pread, so the file offset is unused. */
+	r = cfs_io_init(&io, CFS_IO_PREAD);
+	if (r < 0)
+		return r;
+	r = cfs_seqreader_new(&io, fd, (uint64_t)st.st_size, &reader);
+	if (r == 0)
+		r = compute(reader, read_seq, (uint64_t)st.st_size, ret_digest);
+	reader = cfs_seqreader_free(reader);
+	cfs_io_fini(&io);
+	return r;
 }

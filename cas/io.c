@@ -280,6 +280,7 @@ struct cfs_seqreader {
 	int fd;
 	uint64_t size;
 	uint64_t next_off;        /* next chunk offset to request */
+	size_t chunk_size;        /* SEQ_CHUNK, less for small files */
 	unsigned cur, inflight;
 	size_t cur_pos;
 	struct {
@@ -297,7 +298,7 @@ static void seq_submit(struct cfs_seqreader *r, unsigned i)
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring->ring);
 
 	r->chunk[i].off = r->next_off;
-	r->chunk[i].len = (size_t)(r->size - r->next_off < SEQ_CHUNK ? r->size - r->next_off : SEQ_CHUNK);
+	r->chunk[i].len = (size_t)(r->size - r->next_off < r->chunk_size ? r->size - r->next_off : r->chunk_size);
 	r->next_off += r->chunk[i].len;
 	r->chunk[i].valid = true;
 	if (!sqe) {
@@ -351,8 +352,11 @@ int cfs_seqreader_new(struct cfs_io *io, int fd, uint64_t size, struct cfs_seqre
 	r->ring = ring_get(io);
 #endif
 	depth = r->ring ? SEQ_DEPTH : 1;
+	r->chunk_size = size < SEQ_CHUNK ? (size_t)((size + 4095) / 4096 * 4096) : SEQ_CHUNK;
+	if (r->chunk_size == 0)
+		r->chunk_size = 4096;
 	for (unsigned i = 0; i < depth; i++) {
-		if (posix_memalign((void **)&r->chunk[i].buf, 4096, SEQ_CHUNK) != 0) {
+		if (posix_memalign((void **)&r->chunk[i].buf, 4096, r->chunk_size) != 0) {
 			cfs_seqreader_free(r);
 			return -ENOMEM;
 		}
@@ -401,8 +405,9 @@ int cfs_seqreader_read(struct cfs_seqreader *r, void *buf, size_t count)
 				if (r->next_off >= r->size)
 					return -EIO;
 				r->chunk[0].off = r->next_off;
-				r->chunk[0].len = (size_t)(r->size - r->next_off < SEQ_CHUNK ? r->size - r->next_off
-											  : SEQ_CHUNK);
+				r->chunk[0].len = (size_t)(r->size - r->next_off < r->chunk_size
+								   ? r->size - r->next_off
+								   : r->chunk_size);
 				r->chunk[0].res = (int)cfs_pread_full(r->fd, r->chunk[0].buf, r->chunk[0].len,
 								  r->chunk[0].off);
 				r->chunk[0].valid = true;
