@@ -220,7 +220,8 @@ static int list_objects(int nimages, char **images, bool missing, const struct b
 			load_error(images[i], r);
 	}
 	if (r >= 0) {
-		qsort(o.paths, o.n, sizeof(*o.paths), cmp_str);
+		if (o.n)
+			qsort(o.paths, o.n, sizeof(*o.paths), cmp_str);
 		for (size_t i = 0; i < o.n; i++) {
 			bool present = false;
 
