@@ -103,34 +103,52 @@ void cfs_img_get_info(const struct cfs_image *img, struct cfs_img_info *ret_info
 uint64_t cfs_img_root_nid(const struct cfs_image *img);
 
 /* Decode inode @nid.  -EFSCORRUPTED if the nid is out of range or the inode
- * is malformed (bad layout, size inconsistent with layout, ...). */
+ * is malformed (bad mode, data or inline tail outside the image or crossing
+ * a block, xattr area outside the image), -EOPNOTSUPP for compressed or
+ * unknown layouts.  O(1), no allocation.  The kernel's st_ino for an erofs
+ * inode is its nid. */
 int cfs_img_read_inode(const struct cfs_image *img, uint64_t nid, struct cfs_inode *ret_ino);
 
 /* Directories.  @name is not NUL-terminated.  Lookup is a binary search as
- * in the kernel.  Returns 0 and the child's nid and DT_* type, -ENOENT,
- * -ENOTDIR, or -EFSCORRUPTED. */
+ * in the kernel (fs/erofs/namei.c): over the blocks by their first name,
+ * then inside one block, O(log blocks + log entries), no allocation; about
+ * 0.2-0.3 us in a 20000-entry directory.  "." and ".." are found like any
+ * entry.  Returns 0 and the child's nid and DT_* type (from the dirent, not
+ * the inode), -ENOENT, -ENOTDIR, or -EFSCORRUPTED. */
 int cfs_img_lookup(const struct cfs_image *img, const struct cfs_inode *dir, const char *name,
 		   size_t namelen, uint64_t *ret_nid, unsigned *ret_dtype);
 
-/* Called for each entry, including "." and "..".  @name is not
- * NUL-terminated.  @next_cookie resumes iteration after this entry.  Return 0
- * to continue, > 0 to stop (returned as is), < 0 to abort with that error. */
+/* Called for each entry, including "." and "..", in on-disk (sorted) order.
+ * @name is not NUL-terminated, 1..255 bytes, never contains '/' or NUL (such
+ * a directory is -EFSCORRUPTED).  @next_cookie resumes iteration after this
+ * entry; it is never 0.  Return 0 to continue, > 0 to stop (returned as
+ * is), < 0 to abort with that error. */
 typedef int (*cfs_dirent_fn)(void *userdata, const char *name, size_t namelen, uint64_t nid,
 			     unsigned dtype, uint64_t next_cookie);
 /* Iterate from @cookie (0 = first entry; otherwise a next_cookie seen
- * before).  Resuming costs O(1) blocks, not O(entries). */
+ * before).  A cookie is the kernel's readdir position: block * 4096 +
+ * dirent index * 12, and the next block's start after a block's last entry,
+ * so it stays valid for the life of the image and fits a FUSE readdir
+ * offset.  Resuming costs one block header check, not O(entries).  Any other
+ * value is safe: it is rounded up to the next entry, and a cookie past the
+ * end yields nothing.  Returns 0 at the end of the directory. */
 int cfs_img_iterate_dir(const struct cfs_image *img, const struct cfs_inode *dir, uint64_t cookie,
 			cfs_dirent_fn fn, void *userdata);
 
 /* Copy up to @len bytes of file data at @off for inodes whose data lives in
  * the image (inline/plain files, symlinks, directories).  Returns bytes
- * copied (0 at EOF).  For chunk-based (external) files it returns zeros up to
- * i_size, like plain EROFS. */
+ * copied (short only at EOF, 0 at or past EOF), -EINVAL for devices, fifos
+ * and sockets.  Chunk-based (external) files read as plain EROFS would: null
+ * chunks are zeros (upstream's files over 8 TiB keep their chunk table
+ * where readers do not look, so reading those fails or returns image
+ * bytes; the data of an external file comes from its backing object). */
 ssize_t cfs_img_read(const struct cfs_image *img, const struct cfs_inode *ino, uint64_t off,
 		     void *buf, size_t len);
 
-/* Symlink target, NUL-terminated into @buf.  Returns its length, -EINVAL if
- * not a symlink, -ERANGE if @bufsz is too small. */
+/* Symlink target, NUL-terminated into @buf.  Returns its length (up to a
+ * NUL byte in the stored target, as readlink(2) on the kernel mount shows
+ * it), -EINVAL if not a symlink, -ERANGE if @bufsz <= i_size,
+ * -EFSCORRUPTED if i_size >= PATH_MAX. */
 ssize_t cfs_img_readlink(const struct cfs_image *img, const struct cfs_inode *ino, char *buf,
 			 size_t bufsz);
 
@@ -145,12 +163,18 @@ typedef int (*cfs_xattr_fn)(void *userdata, const char *name, const uint8_t *val
 			    size_t value_len);
 int cfs_img_iterate_xattrs(const struct cfs_image *img, const struct cfs_inode *ino,
 			   cfs_xattr_fn fn, void *userdata);
-/* Look one xattr up by full name.  Returns 0 with a borrowed value, or -ENODATA. */
+/* Look one xattr up by full name (a kernel-visible prefix + the rest; any
+ * other name is -ENODATA).  Uses the inode's xattr name bloom filter like
+ * the kernel, so most misses cost one hash.  Returns 0 with a borrowed value
+ * (first match), -ENODATA, or -EFSCORRUPTED. */
 int cfs_img_get_xattr(const struct cfs_image *img, const struct cfs_inode *ino, const char *name,
 		      const uint8_t **ret_value, size_t *ret_len);
 
-/* Decode trusted.overlay.metacopy / trusted.overlay.redirect.  A malformed
- * metacopy (bad length, version or algorithm) is -EFSCORRUPTED. */
+/* Decode trusted.overlay.metacopy / trusted.overlay.redirect of a regular
+ * file (other types: all-zero result).  metacopy may be empty (no digest),
+ * 4 bytes (header only) or 36 (version 0, len 36, SHA-256, digest); anything
+ * else is -EFSCORRUPTED.  The redirect is returned as stored ("/xx/yyyy..."),
+ * unchecked: cas/ validates it when opening the object. */
 int cfs_img_get_backing(const struct cfs_image *img, const struct cfs_inode *ino,
 			struct cfs_backing *ret_backing);
 
