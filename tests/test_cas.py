@@ -202,7 +202,9 @@ def test_flipped_byte_in_tree_cache_file(tmp, where):
     assert r == 0
     assert st["trees_rejected"] == 1 and st["trees_built"] == 1 and st["trees_written"] == 1
     assert reads[0]["sha256"] == sha(data)
-    # rebuilt and rewritten: trusted again next time
+    # rebuilt and rewritten (atomically: no temporary file left behind),
+    # trusted again next time
+    assert os.listdir(cache) == [d]
     r, _, _, _, st = cas_read(store, redirect, d, size, opts=opts)
     assert r == 0 and st["trees_from_disk"] == 1 and st["trees_built"] == 0
 
