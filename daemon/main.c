@@ -347,7 +347,7 @@ static char *find_in_path(const char *name)
  * allow_other refuses with EACCES, so a killed daemon leaves a dead mount.
  * This watchdog, a child that holds nothing but one end of a pipe, wakes up
  * when the daemon is gone (the other end closes, even on SIGKILL), checks as
- * the mount's owner that the mountpoint is dead (ENOTCONN) and runs
+ * the mount's owner that the mountpoint is dead and runs
  * `fusermount3 -u -z` on it.  After a clean unmount it finds nothing to do.
  */
 static int start_unmount_watchdog(const char *mnt)
@@ -385,8 +385,10 @@ static int start_unmount_watchdog(const char *mnt)
 		close_range((unsigned)pfd[0] + 1, ~0U, 0);
 		while (read(pfd[0], &c, 1) < 0 && errno == EINTR)
 			;
+		/* A dead connection answers ENOTCONN, or ECONNABORTED to a
+		 * request that was waiting for it (an INIT never answered). */
 		fd = open(abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd >= 0 || errno != ENOTCONN)
+		if (fd >= 0 || (errno != ENOTCONN && errno != ECONNABORTED))
 			_exit(0);
 		execv(fusermount, argv);
 		_exit(127);
@@ -642,6 +644,14 @@ int main(int argc, char *argv[])
 	if (fuse_set_signal_handlers(d.se) != 0)
 		goto out_session;
 	sig_installed = true;
+	/* Started before mounting, so that no moment exists where the mount is
+	 * up and nothing would clean it up; it outlives fuse_daemonize()'s
+	 * parent because the daemon inherits its pipe. */
+	if (geteuid() != 0 && !o.noauto_unmount && strncmp(cl.mountpoint, "/dev/fd/", 8) != 0) {
+		r = start_unmount_watchdog(cl.mountpoint);
+		if (r < 0)
+			cfsd_log(FUSE_LOG_WARNING, "auto_unmount watchdog: %s\n", strerror(-r));
+	}
 	if (fuse_session_mount(d.se, cl.mountpoint) != 0) {
 		fprintf(stderr, "composefs-fuse: cannot mount on '%s'\n", cl.mountpoint);
 		goto out_session;
@@ -665,12 +675,6 @@ int main(int argc, char *argv[])
 			cfsd_log(FUSE_LOG_ERR, "cannot open object store '%s'\n", basedirs);
 			goto out_unmount;
 		}
-	}
-
-	if (geteuid() != 0 && !o.noauto_unmount && strncmp(cl.mountpoint, "/dev/fd/", 8) != 0) {
-		r = start_unmount_watchdog(cl.mountpoint);
-		if (r < 0)
-			cfsd_log(FUSE_LOG_WARNING, "auto_unmount watchdog: %s\n", strerror(-r));
 	}
 
 	stats_path = o.stats_file;

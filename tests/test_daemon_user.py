@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from conftest import (REPO, SUSPICIOUS, assert_same_tree, kernel_mount, needs_root, run,
-                      tool)
+from conftest import (REPO, SUSPICIOUS, assert_same_tree, fuse_mount, kernel_mount, needs_root,
+                      run, tool)
 from test_daemon import build_image
 
 pytestmark = [needs_root,
@@ -231,3 +231,24 @@ def test_user_auto_unmount_after_kill(workspace):
             proc.wait()
         if mounted(ws["mnt"]):
             subprocess.run(["umount", "-l", ws["mnt"]])
+
+
+def test_root_mount_allow_other_seen_by_user(workspace, tmp_path):
+    """A root daemon serving everyone (allow_other): an ordinary user sees
+    exactly what the kernel mount shows that user (no trusted.*, permissions
+    enforced), while root still sees trusted.* on the same mount."""
+    ws = workspace
+    with kernel_mount(ws["img"], ws["objs"]) as kmnt:
+        os.chmod(os.path.dirname(kmnt), 0o755)
+        ksnap = snapshot_as_user(ws, kmnt)
+    mnt = tempfile.mkdtemp(prefix="cfs-allow-")
+    os.chmod(mnt, 0o755)
+    try:
+        with fuse_mount(ws["img"], ws["objs"], mnt=mnt, options=["allow_other"]) as (fmnt, proc):
+            fsnap = snapshot_as_user(ws, fmnt)
+            assert os.getxattr(os.path.join(fmnt, "big"), "trusted.hidden") == b"root only"
+            assert "trusted.overlay.escaped" in os.listxattr(os.path.join(fmnt, "big"))
+    finally:
+        os.rmdir(mnt)
+    assert_same_tree(ksnap, fsnap)
+    assert fsnap["big"]["xattrs"] == {"user.visible": b"yes"}
