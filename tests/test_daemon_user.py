@@ -209,7 +209,8 @@ def test_user_passthrough_falls_back(workspace):
     assert "daemon-served reads" in proc.stderr_text
 
 
-def test_user_auto_unmount_after_kill(workspace):
+@pytest.mark.parametrize("when", ["at-mount", "after-read"])
+def test_user_auto_unmount_after_kill(workspace, when):
     ws = workspace
     proc = subprocess.Popen([tool("composefs-fuse"), "-f", "-o", f"basedir={ws['objs']}",
                              ws["img"], ws["mnt"]], stderr=subprocess.PIPE, text=True,
@@ -219,6 +220,10 @@ def test_user_auto_unmount_after_kill(workspace):
         while not mounted(ws["mnt"]):
             assert proc.poll() is None and time.monotonic() < deadline, "not mounted"
             time.sleep(0.05)
+        if when == "after-read":
+            p = subprocess.run(["cat", os.path.join(ws["mnt"], "dir", "mid")], capture_output=True,
+                               preexec_fn=as_user(ws), env=user_env(ws))
+            assert p.stdout == ws["data"][:70000]
         proc.kill()
         proc.wait(timeout=10)
         deadline = time.monotonic() + 15
