@@ -61,8 +61,8 @@ static inline int output_write_fd(int fd, const uint8_t *p, size_t len)
 }
 
 /* Write @img to @out ("-": stdout, refused if a terminal).  Targets that
- * are not plain files in a directory we can write (a device, a pipe,
- * /proc/self/fd/N) are written in place.  On failure *ret_err gets a
+ * are not plain files in a directory of their own (a device, a pipe,
+ * /proc/self/fd/N, /dev/stdout) are written in place, as upstream does.  On failure *ret_err gets a
  * malloc'ed "PATH: reason". */
 static inline int output_write(const char *out, const struct membuf *img, char **ret_err)
 {
@@ -82,7 +82,8 @@ static inline int output_write(const char *out, const struct membuf *img, char *
 			*ret_err = NULL;
 		return r;
 	}
-	if (strncmp(out, "/proc/", 6) == 0 || strncmp(out, "/dev/", 5) == 0 ||
+	if (strncmp(out, "/proc/", 6) == 0 || strncmp(out, "/dev/fd/", 8) == 0 ||
+	    strcmp(out, "/dev/stdout") == 0 || strcmp(out, "/dev/stderr") == 0 ||
 	    (stat(out, &st) == 0 && !S_ISREG(st.st_mode))) {
 		what = "cannot open";
 		fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
