@@ -236,6 +236,33 @@ static void check_cookies(const struct cfs_image *img, const struct cfs_inode *d
 		if (i > 0)
 			CHECK(strcmp(all.names[i - 1], all.names[i]) < 0);
 	}
+	/* Probes just beside every name (a byte appended, the last byte
+	 * dropped or bumped) are found exactly when they are listed: the
+	 * binary search has no off-by-one at block or entry edges. */
+	for (size_t i = 0; i < all.n; i++) {
+		char probe[258];
+		size_t len = strlen(all.names[i]);
+
+		for (int kind = 0; kind < 3; kind++) {
+			size_t plen = len;
+			bool listed = false;
+			uint64_t nid;
+			int r;
+
+			memcpy(probe, all.names[i], len);
+			if (kind == 0)
+				probe[plen++] = '!';
+			else if (kind == 1)
+				plen--;
+			else
+				probe[plen - 1]++;
+			probe[plen] = '\0';
+			for (size_t k = 0; k < all.n && !listed; k++)
+				listed = strcmp(all.names[k], probe) == 0;
+			r = cfs_img_lookup(img, dir, probe, plen, &nid, NULL);
+			CHECK(r == (listed ? 0 : -ENOENT));
+		}
+	}
 }
 
 static int count_lines(const char *path)
@@ -778,6 +805,8 @@ static const char *find_images_dir(int argc, char **argv)
 		if (is_dir(buf))
 			return buf;
 	}
+	if (is_dir("tests/data/conformance/images"))
+		return "tests/data/conformance/images"; /* run from the source tree */
 	/* __FILE__ is tests/unit/test-image.c, relative to the build dir or
 	 * absolute. */
 	snprintf(buf, sizeof(buf), "%s", __FILE__);
