@@ -23,8 +23,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -105,6 +108,7 @@ struct options {
 	char *timeout;
 	unsigned threads;
 	int noauto_unmount;
+	int keep_caps;
 	char *positional[3];
 	int n_positional;
 	int help, version;
@@ -124,6 +128,7 @@ static const struct fuse_opt cfsd_opts[] = {
 	OPT("timeout=%s", timeout),
 	OPT("threads=%u", threads),
 	OPT("noauto_unmount", noauto_unmount),
+	OPT("keep_caps", keep_caps),
 	FUSE_OPT_END
 };
 
@@ -172,6 +177,7 @@ static void usage(const char *prog)
 	       "    timeout=SECONDS        entry and attribute cache timeout (default 86400)\n"
 	       "    stats_file=FILE        write counters there on SIGUSR1 and at exit\n"
 	       "    noauto_unmount         do not add auto_unmount for ordinary users\n"
+	       "    keep_caps              as root, keep every capability after mounting\n"
 	       "    source=IMAGE           the image, instead of the IMAGE argument\n"
 	       "\n",
 	       prog, prog);
@@ -395,6 +401,39 @@ static int start_unmount_watchdog(const char *mnt)
 	}
 	close(pfd[0]);
 	/* pfd[1] stays open (close-on-exec) for as long as this process lives. */
+	return 0;
+}
+
+/*
+ * As root, keep after mounting only the capabilities still needed: reading
+ * objects and the tree cache whatever their modes (CAP_DAC_OVERRIDE,
+ * CAP_DAC_READ_SEARCH), registering passthrough backing files and unmounting
+ * at exit (CAP_SYS_ADMIN).  Everything else leaves the bounding, permitted
+ * and effective sets, and no exec can gain privileges again, which limits
+ * what a daemon subverted by a hostile image could do.
+ */
+static int drop_privileges(void)
+{
+	uint64_t keep = (1ULL << CAP_SYS_ADMIN) | (1ULL << CAP_DAC_OVERRIDE) |
+			(1ULL << CAP_DAC_READ_SEARCH);
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[2] = { 0 };
+
+	for (int cap = 0; cap < 64; cap++) {
+		if (keep & (1ULL << cap))
+			continue;
+		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+			if (errno == EINVAL)
+				break; /* past the last capability this kernel knows */
+			return -errno;
+		}
+	}
+	data[0].effective = data[0].permitted = (uint32_t)keep;
+	data[1].effective = data[1].permitted = (uint32_t)(keep >> 32);
+	if (syscall(SYS_capset, &hdr, data) < 0)
+		return -errno;
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		return -errno;
 	return 0;
 }
 
@@ -675,6 +714,12 @@ int main(int argc, char *argv[])
 			cfsd_log(FUSE_LOG_ERR, "cannot open object store '%s'\n", basedirs);
 			goto out_unmount;
 		}
+	}
+
+	if (geteuid() == 0 && !o.keep_caps) {
+		r = drop_privileges();
+		if (r < 0)
+			cfsd_log(FUSE_LOG_WARNING, "cannot drop capabilities: %s\n", strerror(-r));
 	}
 
 	stats_path = o.stats_file;

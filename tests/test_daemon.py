@@ -756,3 +756,24 @@ def test_sigusr1_writes_stats_while_mounted(gen_tree, tmp_path):
         s = _stats(stats)
         assert s["opens_daemon"] == 1 and s["read_bytes"] == (1 << 20) + 1, s
         assert os.path.ismount(fmnt)
+
+
+def _status(pid, key):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return line.split()[1]
+    return None
+
+
+def test_root_drops_capabilities_after_mounting(gen_tree):
+    src, img, objs = gen_tree
+    keep = (1 << 21) | (1 << 1) | (1 << 2)     # SYS_ADMIN, DAC_OVERRIDE, DAC_READ_SEARCH
+    with fuse_mount(img, objs, options=["verity=off"]) as (fmnt, proc):
+        with open(os.path.join(fmnt, "files/big"), "rb") as f:   # passthrough still works
+            assert f.read() == open(os.path.join(src, "files/big"), "rb").read()
+        for key in ("CapEff", "CapPrm", "CapBnd"):
+            assert int(_status(proc.pid, key), 16) & ~keep == 0, key
+        assert _status(proc.pid, "NoNewPrivs") == "1"
+    assert "kernel passthrough" in proc.stderr_text
+    with fuse_mount(img, objs, options=["keep_caps"]) as (fmnt, proc):
+        assert int(_status(proc.pid, "CapEff"), 16) & ~keep != 0
