@@ -61,18 +61,6 @@ static int cpu_count(void)
 	return n > 0 ? (int)n : 1;
 }
 
-__attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "%s: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(EXIT_FAILURE);
-}
-
 /* ---- file contents of a scanned tree ---------------------------------------- */
 
 struct work_item {

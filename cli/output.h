@@ -7,6 +7,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,19 @@
 #include <unistd.h>
 
 #include "cfs-util.h"
+
+/* Print "PROGRAM: message" as one line on stderr and exit 1. */
+__attribute__((noreturn, format(printf, 1, 2))) static inline void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "%s: ", program_invocation_short_name);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(EXIT_FAILURE);
+}
 
 struct membuf {
 	uint8_t *data;
