@@ -2,6 +2,8 @@
 /*
  * cas-tool: a thin driver of the cas/ library for tests and experiments.
  *
+ *   cas-tool features
+ *       {"io_uring_built": true|false}
  *   cas-tool digest FILE...
  *       print the fs-verity digest of each file (libfsverity, as mkcomposefs)
  *   cas-tool tree-digest [--tree-cache=DIR] FILE
@@ -39,6 +41,7 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#include "config.h"
 #include "cas-internal.h"
 
 static uint8_t fake_digest[CFS_DIGEST_SIZE];
@@ -355,6 +358,10 @@ int main(int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "digest") == 0)
 		return cmd_digest(argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "features") == 0) {
+		printf("{\"io_uring_built\": %s}\n", HAVE_IO_URING ? "true" : "false");
+		return 0;
+	}
 	if (argc >= 2 && strcmp(argv[1], "tree-digest") == 0)
 		return cmd_tree_digest(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "read") == 0)
