@@ -345,6 +345,9 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 		if (n < 0) {
 			bool expected = false;
 			atomic_fetch_add(&d->stats.read_errors, 1);
+			/* One line per object for read failures, kept apart from
+			 * open failures of the same nid by the top bit (nids are
+			 * 32-byte slot numbers and never reach it). */
 			if (atomic_compare_exchange_strong(&oi->read_error_logged, &expected, true) &&
 			    cfsd_first_error(d, oi->nid ^ (1ULL << 63))) {
 				char where[1024];
