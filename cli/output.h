@@ -16,16 +16,31 @@
 
 #include "cfs-util.h"
 
-/* Print "PROGRAM: message" as one line on stderr and exit 1. */
+/* Print "PROGRAM: message" as one line on stderr and exit 1.  Control
+ * characters (from file names, say) are shown as \xHH so that the message
+ * stays on one line. */
 __attribute__((noreturn, format(printf, 1, 2))) static inline void die(const char *fmt, ...)
 {
+	char *msg = NULL;
 	va_list ap;
+	int n;
 
-	fprintf(stderr, "%s: ", program_invocation_short_name);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	n = vasprintf(&msg, fmt, ap);
 	va_end(ap);
+	fprintf(stderr, "%s: ", program_invocation_short_name);
+	if (n < 0 || !msg) {
+		fputs("out of memory\n", stderr);
+		exit(EXIT_FAILURE);
+	}
+	for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			fprintf(stderr, "\\x%02x", *p);
+		else
+			fputc(*p, stderr);
+	}
 	fputc('\n', stderr);
+	free(msg);
 	exit(EXIT_FAILURE);
 }
 

@@ -206,6 +206,7 @@ def test_dump_parser_edge_cases(tmp):
         ("/ 0 40755 2 0 0 0 0.0 - - -\n/d 0 40755 2 0 0 0 0.0 - - -\n/l 0 @100644 1 0 0 0 0.0 /d - -\n",
          "directory"),
         ("/ 0 40755 2 0 0 0 0.0 - - -\n/a\x00 0 100644 1 0 0 0 0.0 - - -\n", "NUL"),
+        ("/ 0 40755 2 0 0 0 0.0 - - -\n/a\\nb/c 0 100644 1 0 0 0 0.0 - - -\n", "/a\\x0ab/c"),
     ]
     for i, text in enumerate(ok):
         d = tmp / f"ok{i}.dump"
@@ -218,6 +219,7 @@ def test_dump_parser_edge_cases(tmp):
         p = run([tool("mkcomposefs"), "--from-file", d, tmp / f"bad{i}.cfs"], check=False)
         assert p.returncode != 0, text
         assert needle in p.stderr.decode(), (text, p.stderr)
+        assert len(p.stderr.decode().strip().split("\n")) == 1, p.stderr
         assert not (tmp / f"bad{i}.cfs").exists()
 
 
