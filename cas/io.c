@@ -49,6 +49,7 @@ ssize_t cfs_pread_full(int fd, void *buf, size_t len, uint64_t off)
 	return (ssize_t)done;
 }
 
+#if HAVE_IO_URING
 /* Finish a read that io_uring returned short (or interrupted). */
 static int finish_read(int fd, void *buf, size_t len, uint64_t off, int res)
 {
@@ -66,7 +67,6 @@ static int finish_read(int fd, void *buf, size_t len, uint64_t off, int res)
 	return res + (int)n;
 }
 
-#if HAVE_IO_URING
 static void ring_destroy(struct cfs_io_ring *r)
 {
 	io_uring_queue_exit(&r->ring);
