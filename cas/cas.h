@@ -57,7 +57,10 @@ struct cfs_cas_options {
 	const struct cfs_verity_ops *verity;  /* NULL: cfs_verity_kernel_ops */
 	const char *tree_cache_dir;           /* NULL: do not persist Merkle trees;
 	                                         created (0700) if missing; must not be
-	                                         inside a basedir (-EINVAL) */
+	                                         inside a basedir (-EINVAL); if it cannot
+	                                         be created or opened cfs_cas_open()
+	                                         fails with that -errno: retry with NULL
+	                                         to run without persistence */
 	uint64_t tree_cache_bytes;            /* in-memory tree LRU bound; 0: 64 MiB */
 	enum cfs_io_backend io;
 	/* Added by the cas module (zero = the defaults): */
