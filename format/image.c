@@ -220,6 +220,9 @@ static int img_validate(struct cfs_image *img, struct cfs_img_diag *diag)
 	}
 	if (sb->dirblkbits != 0)
 		return diag_set(diag, -EOPNOTSUPP, "unsupported EROFS directory block size");
+	/* The superblock and its extension slots stay within block 0. */
+	if (sizeof(*sb) + sb->sb_extslots * 16U > CFS_BLKSZ - EROFS_SUPER_OFFSET)
+		return diag_set(diag, -EFSCORRUPTED, "invalid sb_extslots %u", sb->sb_extslots);
 
 	compat = le32toh(sb->feature_compat);
 	img->xattr_filter = compat & EROFS_FEATURE_COMPAT_XATTR_FILTER;
