@@ -57,6 +57,8 @@ struct cfsd_stats {
 	atomic_uint_fast64_t reads;             /* read requests reaching us */
 	atomic_uint_fast64_t read_bytes;
 	atomic_uint_fast64_t read_errors;
+	atomic_uint_fast64_t lookups;           /* lookup requests reaching us */
+	atomic_uint_fast64_t readdirs;          /* readdir(plus) requests */
 };
 
 struct cfsd_files;

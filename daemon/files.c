@@ -415,4 +415,6 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	fprintf(out, "reads %" PRIuFAST64 "\n", atomic_load(&d->stats.reads));
 	fprintf(out, "read_bytes %" PRIuFAST64 "\n", atomic_load(&d->stats.read_bytes));
 	fprintf(out, "read_errors %" PRIuFAST64 "\n", atomic_load(&d->stats.read_errors));
+	fprintf(out, "lookups %" PRIuFAST64 "\n", atomic_load(&d->stats.lookups));
+	fprintf(out, "readdirs %" PRIuFAST64 "\n", atomic_load(&d->stats.readdirs));
 }

@@ -152,6 +152,7 @@ static void cfsd_op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	size_t len = strlen(name);
 	int r;
 
+	atomic_fetch_add(&d->stats.lookups, 1);
 	if (len > EROFS_NAME_LEN)
 		return (void)fuse_reply_err(req, ENAMETOOLONG);
 	r = get_dir(d, parent, &dir);
@@ -305,6 +306,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	_cleanup_free_ char *buf = NULL;
 	struct cfs_inode ci;
 	int r = get_dir(d, ino, &ci);
+
+	atomic_fetch_add(&d->stats.readdirs, 1);
 	if (r < 0)
 		return (void)fuse_reply_err(req, -r);
 	if (off < 0)

@@ -777,3 +777,41 @@ def test_root_drops_capabilities_after_mounting(gen_tree):
     assert "kernel passthrough" in proc.stderr_text
     with fuse_mount(img, objs, options=["keep_caps"]) as (fmnt, proc):
         assert int(_status(proc.pid, "CapEff"), 16) & ~keep != 0
+
+
+def test_kernel_caches_entries_listings_and_trees(gen_tree, tmp_path):
+    """Negative lookups, positive lookups and directory listings are answered
+    by the kernel's caches the second time; Merkle trees are saved in the
+    tree cache for the next mount."""
+    src, img, objs = gen_tree
+    stats = str(tmp_path / "stats")
+    trees = tmp_path / "trees"
+
+    def snap(proc):
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if os.path.exists(stats):
+                s = _stats(stats)
+                os.unlink(stats)
+                return s
+            time.sleep(0.02)
+        raise AssertionError("no stats")
+
+    with fuse_mount(img, objs, options=[f"stats_file={stats}", f"tree_cache={trees}",
+                                        "passthrough=off"]) as (fmnt, proc):
+        missing = os.path.join(fmnt, "files", "no-such-file")
+        assert not os.path.exists(missing)
+        os.listdir(os.path.join(fmnt, "many"))
+        os.stat(os.path.join(fmnt, "files", "one"))
+        with open(os.path.join(fmnt, "files", "mib1"), "rb") as f:
+            f.read()
+        first = snap(proc)
+        assert not os.path.exists(missing)
+        assert len(os.listdir(os.path.join(fmnt, "many"))) == 10000
+        os.stat(os.path.join(fmnt, "files", "one"))
+        second = snap(proc)
+    assert first["lookups"] >= 3 and first["readdirs"] >= 1
+    assert second["lookups"] == first["lookups"], (first, second)
+    assert second["readdirs"] == first["readdirs"], (first, second)
+    assert any(p.is_file() for p in trees.rglob("*")), "no Merkle tree saved"
