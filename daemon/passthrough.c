@@ -23,7 +23,10 @@
  * was checked against the libfuse 3.14 sources (lib/fuse_lowlevel.c:
  * fuse_session_custom_io(), fuse_send_msg(), send_reply(), fill_open(),
  * do_init()), so the shim is enabled only when the library at run time is a
- * 3.14 release; with any other version passthrough stays off.
+ * 3.14 release; with any other version passthrough stays off.  (Debian 12's
+ * 3.14.0 answers INIT with protocol 7.31 rather than upstream's 7.38; the
+ * reply is the same 64-byte fuse_init_out, and the kernel reads flags2 and
+ * max_stack_depth whenever FUSE_INIT_EXT is set, whatever the minor.)
  */
 #include "config.h"
 
