@@ -243,12 +243,12 @@ int cfs_node_unset_xattr(struct cfs_node *node, const char *key)
 	free(node->xattrs[i].value);
 	node->xattrs[i] = node->xattrs[node->n_xattrs - 1];
 	node->n_xattrs--;
-	/* Same bookkeeping as upstream: the ibody header is only given back
-	 * with the last xattr. */
+	/* Same bookkeeping as upstream, including its unsigned wrap-around:
+	 * the ibody header is only given back with the last xattr. */
 	if (node->n_xattrs == 0)
 		node->xattr_budget = 0;
 	else
-		node->xattr_budget = node->xattr_budget > cost ? node->xattr_budget - cost : 0;
+		node->xattr_budget -= cost;
 	return 0;
 }
 

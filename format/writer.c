@@ -237,8 +237,13 @@ static void chunking(uint64_t size, unsigned *ret_bits, uint64_t *ret_count)
 	*ret_count = (size + (UINT64_C(1) << bits) - 1) >> bits;
 }
 
-static void update_version(struct wctx *w, const struct cfs_node *node)
+/* Pick the format version; also restart every node's xattr budget from
+ * zero, as upstream does (its writer works on a copy of the tree that does
+ * not carry the budget over), so that the xattrs the writer adds are
+ * accepted or refused exactly as upstream. */
+static void update_version(struct wctx *w, struct cfs_node *node)
 {
+	node->xattr_budget = 0;
 	if (w->version < 1 && w->opts->max_version >= 1 && is_whiteout(node))
 		w->version = 1;
 	for (size_t i = 0; i < node->n_children; i++)
