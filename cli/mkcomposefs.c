@@ -150,6 +150,7 @@ static int process_item(struct work *wk, struct work_item *it, const char **ret_
 	_cleanup_close_ int fd = open(it->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	struct cfs_node *node = it->node;
 	char hex[2 * CFS_DIGEST_SIZE + 1];
+	struct stat st;
 	int r;
 
 	*ret_what = "cannot open";
@@ -167,6 +168,11 @@ static int process_item(struct work *wk, struct work_item *it, const char **ret_
 		memcpy(node->content, buf, (size_t)node->size);
 		return 0;
 	}
+	*ret_what = "changed while building the image";
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != node->size)
+		return -ESTALE;
 	*ret_what = "cannot compute fs-verity digest";
 	r = cfs_fsverity_digest_fd(fd, node->digest);
 	if (r < 0)
