@@ -412,7 +412,7 @@ int main(int argc, char **argv)
 		_cleanup_free_ char *failed = NULL;
 		struct stat st;
 
-		if (stat(src, &st) < 0)
+		if (lstat(src, &st) < 0)
 			die("%s: %m", src);
 		if (!S_ISDIR(st.st_mode))
 			die("%s: not a directory (use --from-file for a dump file)", src);
