@@ -61,6 +61,7 @@ def test_conformance_dump_sha256(tmp, name):
     assert sha256(img) == want
     # ... and it is the committed upstream image, byte for byte
     assert open(img, "rb").read() == open(os.path.join(IMAGES, name + ".cfs"), "rb").read()
+    run(["fsck.erofs", img])
 
 
 WRITER_DATA = os.path.join(os.path.dirname(CONFORMANCE), "writer")
