@@ -5,9 +5,7 @@ daemon's stderr (checked by fuse_mount), and the daemon's RSS bounded."""
 import hashlib
 import os
 import random
-import shutil
 import stat
-import subprocess
 import threading
 import time
 

@@ -8,7 +8,6 @@ import os
 import pickle
 import pwd
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -173,7 +172,7 @@ def test_user_mount_matches_kernel_view(workspace):
         os.chmod(os.path.dirname(kmnt), 0o755)
         ksnap = snapshot_as_user(ws, kmnt)
     fmnt = ws["mnt"]
-    with user_mount(ws) as proc:
+    with user_mount(ws):
         # mounted by fusermount3 for the user: nosuid, nodev, the user's id
         line = [l for l in open("/proc/self/mountinfo").read().splitlines()
                 if f" {fmnt} " in l][0]
