@@ -5,6 +5,7 @@ and the raw reader view against the kernel's own EROFS mount."""
 import glob
 import hashlib
 import os
+import random
 import re
 import shutil
 import stat
@@ -14,7 +15,7 @@ import tempfile
 
 import pytest
 
-from conftest import CONFORMANCE, DATA, SUSPICIOUS, needs_root, run, tool
+from conftest import CONFORMANCE, DATA, SUSPICIOUS, is_root, needs_root, run, tool
 
 IMAGES = sorted(glob.glob(os.path.join(CONFORMANCE, "images", "*.cfs")) +
                 glob.glob(os.path.join(DATA, "reader", "*.cfs")))
@@ -412,6 +413,10 @@ def kernel_listing(mnt):
 @needs_root
 @pytest.mark.parametrize("image", IMAGES, ids=image_id)
 def test_raw_view_matches_kernel_erofs(image):
+    compare_with_kernel(image)
+
+
+def compare_with_kernel(image):
     ours = sorted(run([tool("test-image"), "--list", image]).stdout.decode().splitlines())
     mnt = tempfile.mkdtemp(prefix="cfs-erofs-")
     try:
@@ -434,3 +439,109 @@ def test_raw_view_matches_kernel_erofs(image):
             if v == "?" and name in xa:
                 xa[name] = "?"
         assert fa[:-1] == fb[:-1] and xa == xb, f"\nreader: {a}\nkernel: {b}"
+
+
+def make_tree(root):
+    """A tree with what erofs-utils lays out in different ways: inline and
+    plain files, multi-block directories, shared and inline xattrs, hard
+    links, long symlinks, devices."""
+    rnd = random.Random(7)
+    os.makedirs(root)
+    for size in (0, 1, 100, 2047, 2048, 4095, 4096, 4097, 10000, 100000, (1 << 20) + 1):
+        with open(os.path.join(root, f"f{size}"), "wb") as f:
+            f.write(bytes(rnd.randrange(256) for _ in range(min(size, 5000))) * (size // 5000 + 1))
+            f.truncate(size)
+    big = os.path.join(root, "big")
+    os.makedirs(big)
+    for i in range(1500):
+        p = os.path.join(big, "name-%05d-%s" % (i, "z" * (i % 50)))
+        with open(p, "wb") as f:
+            f.write(b"x" * (i % 7))
+        os.setxattr(p, "user.common", b"shared value")
+        if i % 10 == 0:
+            os.setxattr(p, "user.own", str(i).encode())
+    deep = root
+    for k in range(20):
+        deep = os.path.join(deep, f"level{k}")
+        os.makedirs(deep)
+    os.symlink("t" * 1000, os.path.join(deep, "long-link"))
+    os.symlink("../f1", os.path.join(root, "short-link"))
+    os.link(os.path.join(root, "f100"), os.path.join(deep, "hard"))
+    os.mkfifo(os.path.join(root, "fifo"))
+    if is_root():
+        os.mknod(os.path.join(root, "chr"), 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+        os.mknod(os.path.join(root, "blk"), 0o600 | stat.S_IFBLK, os.makedev(259, 70000))
+        os.setxattr(os.path.join(root, "f1"), "trusted.t", b"tv")
+    os.setxattr(os.path.join(root, "f4096"), "user.many", b"v" * 200)
+
+
+MKFS_VARIANTS = {
+    "default": [],
+    "compact": ["-Eforce-inode-compact"],
+    "extended": ["-Eforce-inode-extended"],
+    "noinline": ["-Enoinline_data"],
+    "chunks-4k": ["--chunksize=4096"],
+    "chunks-64k-indexes": ["--chunksize=65536", "-Eforce-chunk-indexes"],
+    "shared-xattrs": ["-x1"],
+}
+
+
+def erofs_as_composefs(src, dst):
+    """erofs-utils leaves block 0 before the superblock empty: put a
+    composefs header there."""
+    data = bytearray(open(src, "rb").read())
+    assert data[:32] == bytes(32)
+    struct.pack_into("<IIII", data, 0, 0xd078629a, 1, 0, 1)
+    open(dst, "wb").write(data)
+
+
+@needs_root
+@pytest.mark.skipif(not shutil.which("mkfs.erofs"), reason="needs mkfs.erofs")
+@pytest.mark.parametrize("variant", sorted(MKFS_VARIANTS))
+def test_raw_view_of_mkfs_erofs_images(tmp, variant):
+    """Images from another writer (erofs-utils) use layouts upstream
+    composefs never writes (plain data blocks, chunk tables with real
+    addresses, 8-byte chunk indexes, superblock checksums); the reader must
+    still see exactly what the kernel sees."""
+    tree = str(tmp / "tree")
+    make_tree(tree)
+    raw = str(tmp / "raw.erofs")
+    run(["mkfs.erofs", "--quiet", *MKFS_VARIANTS[variant], raw, tree])
+    img = str(tmp / "img.cfs")
+    erofs_as_composefs(raw, img)
+    compare_with_kernel(img)
+
+
+@pytest.mark.skipif(not shutil.which("mkfs.erofs"), reason="needs mkfs.erofs")
+def test_compressed_erofs_is_refused(tmp):
+    tree = str(tmp / "tree")
+    make_tree(tree)
+    raw = str(tmp / "raw.erofs")
+    run(["mkfs.erofs", "--quiet", "-zlz4", raw, tree])
+    img = str(tmp / "img.cfs")
+    erofs_as_composefs(raw, img)
+    p = info("ls", img, check=False)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and p.stdout == b"" and img in err
+    assert "compressed" in err or "unsupported EROFS incompatible features" in err, err
+
+
+@pytest.mark.skipif(not shutil.which("mkfs.erofs"), reason="needs mkfs.erofs")
+def test_superblock_checksum_is_verified(tmp):
+    """erofs-utils writes a crc32c of the superblock block: it is accepted as
+    written and a change to any covered byte (here the volume name, which
+    nothing else checks) is refused."""
+    tree = tmp / "tree"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"data")
+    raw = str(tmp / "raw.erofs")
+    run(["mkfs.erofs", "--quiet", raw, str(tree)])
+    img = str(tmp / "img.cfs")
+    erofs_as_composefs(raw, img)
+    data = bytearray(open(img, "rb").read())
+    assert u32(data, 1024 + 8) & 1  # EROFS_FEATURE_COMPAT_SB_CHKSUM
+    assert info("ls", img).stdout == b"/f\n"
+    data[1024 + 64] ^= 0x20  # volume_name
+    open(img, "wb").write(data)
+    p = info("ls", img, check=False)
+    assert p.returncode == 1 and b"checksum" in p.stderr
