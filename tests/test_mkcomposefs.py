@@ -347,6 +347,7 @@ def populate_extras(d):
     os.utime(d / "extra" / "block", ns=(1, 123456789))
 
 
+@needs_root
 def test_hardlinks_scan_equals_dump(tmp):
     src = tmp / "src"
     src.mkdir()
