@@ -545,3 +545,52 @@ def test_superblock_checksum_is_verified(tmp):
     open(img, "wb").write(data)
     p = info("ls", img, check=False)
     assert p.returncode == 1 and b"checksum" in p.stderr
+
+
+def rename_in_place(img, start, length, old, new):
+    """Replace the bytes OLD by NEW (same length) inside [start, start+length)."""
+    assert len(old) == len(new)
+    k = bytes(img.data[start:start + length]).find(old)
+    assert k >= 0
+    img.data[start + k:start + k + len(old)] = new
+
+
+def test_duplicate_xattr_names_follow_upstream(tmp):
+    """Two xattrs of one inode with the same name: upstream's reader replaces
+    the first (moving its last xattr into the freed slot) and appends the
+    second; the dump must show that order."""
+    i = Image(open(RICH, "rb").read())
+    ino = i.inode(i.find("xattrs"))
+    rename_in_place(i, ino["off"] + ino["isize"], ino["xsize"], b"v05", b"v03")
+    img = tmp / "dupx.cfs"
+    img.write_bytes(bytes(i.data))
+
+    line = [l for l in dump_text(RICH).decode("latin-1").splitlines() if l.startswith("/xattrs ")][0]
+    fields = line.split(" ")
+    xattrs = []  # upstream's lcfs_node_set_xattr() on the renamed list
+    for x in fields[11:]:
+        name, value = x.split("=", 1)
+        if name == "user.v05":
+            name = "user.v03"
+        for k, (n, _) in enumerate(xattrs):
+            if n == name:
+                xattrs[k] = xattrs[-1]
+                xattrs.pop()
+                break
+        xattrs.append((name, value))
+    want = " ".join(fields[:11] + [f"{n}={v}" for n, v in xattrs])
+    got = [l for l in info("dump", img).stdout.decode("latin-1").splitlines()
+           if l.startswith("/xattrs ")]
+    assert got == [want]
+
+
+def test_duplicate_names_in_a_directory_are_refused(tmp):
+    i = Image(open(RICH, "rb").read())
+    d = i.find("inline")
+    for start, length in i.dir_blocks(d):
+        if b"f2048" in bytes(i.data[start:start + length]):
+            rename_in_place(i, start, length, b"f2048", b"f2047")
+    img = tmp / "dupn.cfs"
+    img.write_bytes(bytes(i.data))
+    p = info("dump", img, check=False)
+    assert p.returncode == 1 and p.stdout == b"" and b"duplicate name" in p.stderr
