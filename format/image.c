@@ -112,7 +112,7 @@ static const struct {
 	{ EROFS_FEATURE_INCOMPAT_CHUNKED_FILE, "chunked_file" },
 	{ EROFS_FEATURE_INCOMPAT_DEVICE_TABLE, "device_table" },
 	{ EROFS_FEATURE_INCOMPAT_ZTAILPACKING, "ztailpacking" },
-	{ EROFS_FEATURE_INCOMPAT_FRAGMENTS, "fragments" },
+	{ EROFS_FEATURE_INCOMPAT_FRAGMENTS, "fragments/dedupe" },
 	{ EROFS_FEATURE_INCOMPAT_XATTR_PREFIXES, "xattr_prefixes" },
 	{ 0x00000080, "48bit" },
 	{ 0x00000100, "metabox" },
