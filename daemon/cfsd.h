@@ -49,6 +49,9 @@ enum cfsd_passthrough {
 	CFSD_PT_ALWAYS, /* also for userspace-verified objects, checked whole at open */
 };
 
+/* enum cfs_verify_method values (OFF, KERNEL, USERSPACE) counted per object. */
+#define CFSD_N_METHODS 3
+
 struct cfsd_stats {
 	atomic_uint_fast64_t opens_image;       /* data served from the image */
 	atomic_uint_fast64_t opens_daemon;      /* external, read through cas */
@@ -59,7 +62,19 @@ struct cfsd_stats {
 	atomic_uint_fast64_t read_errors;
 	atomic_uint_fast64_t lookups;           /* lookup requests reaching us */
 	atomic_uint_fast64_t readdirs;          /* readdir(plus) requests */
+	/* objects set up for an open inode, by verification method */
+	atomic_uint_fast64_t objects_by_method[CFSD_N_METHODS];
 };
+
+static inline const char *cfsd_verity_name(enum cfsd_verity v)
+{
+	return v == CFSD_VERITY_ON ? "on" : v == CFSD_VERITY_OFF ? "off" : "require";
+}
+
+static inline const char *cfsd_passthrough_name(enum cfsd_passthrough p)
+{
+	return p == CFSD_PT_AUTO ? "auto" : p == CFSD_PT_OFF ? "off" : "always";
+}
 
 struct cfsd_files;
 
@@ -108,8 +123,12 @@ void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
 void cfsd_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void cfsd_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
-/* Write the counters as "key value" lines. */
+/* Write the settings and counters as "key value" lines. */
 void cfsd_stats_print(struct cfsd *d, FILE *out);
+/* A buffer of at least @size bytes owned by the calling thread, valid until
+ * its next call on this thread; NULL if out of memory.  Freed at thread exit
+ * (cfsd_files_free() frees the calling thread's). */
+void *cfsd_thread_buffer(size_t size);
 
 /* passthrough.c: kernel passthrough (FUSE_PASSTHROUGH, kernel 6.9+).
  * cfsd_pt_setup() is called after mounting and before the session loop;

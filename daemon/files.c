@@ -42,6 +42,53 @@ struct cfsd_files {
 	size_t n_logged;
 };
 
+/*
+ * Per-thread reply buffers.  A read reply is up to max_read bytes (1 MiB
+ * with the kernel's default max_pages); a malloc of that size per request
+ * is served by mmap() and costs page faults and zeroing on every read, so
+ * each worker thread keeps one buffer, grown as needed and freed when
+ * libfuse ends the thread.
+ */
+static pthread_key_t tbuf_key;
+static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
+static bool tbuf_key_ok;
+static __thread void *tbuf;
+static __thread size_t tbuf_cap;
+
+static void tbuf_key_init(void)
+{
+	tbuf_key_ok = pthread_key_create(&tbuf_key, free) == 0;
+}
+
+void *cfsd_thread_buffer(size_t size)
+{
+	const size_t grain = 64 << 10;
+	size_t cap;
+
+	if (size <= tbuf_cap)
+		return tbuf;
+	pthread_once(&tbuf_once, tbuf_key_init);
+	if (!tbuf_key_ok)
+		return NULL;
+	cap = size > SIZE_MAX - grain ? size : (size + grain - 1) / grain * grain;
+	free(tbuf);
+	tbuf = malloc(cap);
+	tbuf_cap = tbuf ? cap : 0;
+	/* The key's destructor frees it at thread exit. */
+	(void)pthread_setspecific(tbuf_key, tbuf);
+	return tbuf;
+}
+
+/* The calling thread's buffer (the main thread runs no key destructor). */
+static void thread_buffer_free(void)
+{
+	free(tbuf);
+	tbuf = NULL;
+	tbuf_cap = 0;
+	if (tbuf_key_ok)
+		(void)pthread_setspecific(tbuf_key, NULL);
+}
+
 int cfsd_files_new(struct cfsd *d)
 {
 	struct cfsd_files *f = calloc(1, sizeof(*f));
@@ -76,6 +123,7 @@ void cfsd_files_free(struct cfsd *d)
 	pthread_mutex_destroy(&f->lock);
 	free(f);
 	d->files = NULL;
+	thread_buffer_free();
 }
 
 /* True the first time it is called for @nid. */
@@ -155,28 +203,6 @@ static void object_name(const struct cfs_backing *b, char *buf, size_t bufsz)
 	}
 }
 
-/* Read the whole object once, so that every block has been checked before
- * the kernel is allowed to read the backing file unchecked. */
-static int verify_whole(struct cfs_object *obj, uint64_t size)
-{
-	const size_t chunk = 1 << 20;
-	_cleanup_free_ char *buf = malloc(chunk);
-	uint64_t off = 0;
-
-	if (!buf)
-		return -ENOMEM;
-	while (off < size) {
-		size_t want = size - off < chunk ? (size_t)(size - off) : chunk;
-		ssize_t n = cfs_object_pread(obj, buf, want, off);
-		if (n < 0)
-			return (int)n;
-		if ((size_t)n != want)
-			return -EIO;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
 static void log_datapath(struct cfsd *d, bool passthrough, enum cfs_verify_method m)
 {
 	bool expected = false;
@@ -197,17 +223,18 @@ static int open_object(fuse_req_t req, struct cfsd *d, struct open_inode *oi,
 	int r;
 
 	object_name(&b, what, sizeof(what));
+	/*
+	 * No redirect: cfs_cas_open_object() could open the object by its
+	 * digest, but the kernel's composefs mount never serves such a file:
+	 * overlayfs reaches a data-only layer only through a redirect, so the
+	 * lookup fails with EIO ("metacopy with no lower data found") while
+	 * readdir lists the name.  ops.c fails the lookup the same way, so the
+	 * kernel holds no inode of ours to open; refuse here too rather than
+	 * serve content the kernel mount would not.
+	 */
 	if (!b.redirect) {
 		r = -ENOENT;
 		goto fail_msg;
-	}
-	if (!b.has_digest && d->verity == CFSD_VERITY_REQUIRE) {
-		if (cfsd_first_error(d, ci->nid)) {
-			cfsd_describe_nid(d, ci->nid, where, sizeof(where));
-			cfsd_log(FUSE_LOG_ERR, "%s: object %s has no fs-verity digest and verity=require\n",
-				 where, what);
-		}
-		return -EIO;
 	}
 	if (!d->cas) {
 		r = -ENOENT;
@@ -215,14 +242,26 @@ static int open_object(fuse_req_t req, struct cfsd *d, struct open_inode *oi,
 	}
 	r = cfs_cas_open_object(d->cas, b.redirect, b.redirect_len, b.has_digest ? b.digest : NULL,
 				ci->size, &oi->obj);
+	if (r == -ENOKEY) {
+		/* verity=require (the store's require_digest) and no digest. */
+		if (cfsd_first_error(d, ci->nid)) {
+			cfsd_describe_nid(d, ci->nid, where, sizeof(where));
+			cfsd_log(FUSE_LOG_ERR, "%s: object %s has no fs-verity digest and verity=require\n",
+				 where, what);
+		}
+		return -EIO;
+	}
 	if (r < 0)
 		goto fail_msg;
 
 	m = cfs_object_method(oi->obj);
 	if (cfsd_pt_available() && d->passthrough != CFSD_PT_OFF &&
 	    (m != CFS_VERIFY_USERSPACE || d->passthrough == CFSD_PT_ALWAYS)) {
+		/* passthrough=always: every block checked before the kernel
+		 * reads the backing file unchecked (free when the open just
+		 * hashed the whole object to build its tree). */
 		if (m == CFS_VERIFY_USERSPACE) {
-			r = verify_whole(oi->obj, ci->size);
+			r = cfs_object_check_all(oi->obj);
 			if (r < 0) {
 				oi->obj = cfs_object_unref(oi->obj);
 				goto fail_msg;
@@ -232,6 +271,7 @@ static int open_object(fuse_req_t req, struct cfsd *d, struct open_inode *oi,
 		if (r >= 0)
 			oi->backing_id = r;
 	}
+	atomic_fetch_add(&d->stats.objects_by_method[m < CFSD_N_METHODS ? m : CFS_VERIFY_OFF], 1);
 	log_datapath(d, oi->backing_id >= 0, m);
 	return 0;
 
@@ -239,6 +279,7 @@ fail_msg:
 	if (cfsd_first_error(d, ci->nid)) {
 		cfsd_describe_nid(d, ci->nid, where, sizeof(where));
 		cfsd_log(FUSE_LOG_ERR, "%s: cannot open object %s: %s\n", where, what,
+			 !b.redirect ? "no redirect (the kernel mount cannot look it up either)" :
 			 !d->cas && r == -ENOENT ? "no basedir= given" : strerror(-r));
 	}
 	return r == -ENOMEM ? -ENOMEM : -EIO;
@@ -317,13 +358,13 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 {
 	struct cfsd *d = fuse_req_userdata(req);
 	struct open_inode *oi = (struct open_inode *)(uintptr_t)fi->fh;
-	_cleanup_free_ char *buf = NULL;
+	char *buf;
 	ssize_t n;
 
 	atomic_fetch_add(&d->stats.reads, 1);
 	if (off < 0)
 		return (void)fuse_reply_err(req, EINVAL);
-	buf = malloc(size ? size : 1);
+	buf = cfsd_thread_buffer(size ? size : 1);
 	if (!buf)
 		return (void)fuse_reply_err(req, ENOMEM);
 
@@ -406,15 +447,57 @@ void cfsd_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct
 	fuse_reply_lseek(req, res);
 }
 
+static void put(FILE *out, const char *name, uint64_t v)
+{
+	fprintf(out, "%s %" PRIu64 "\n", name, v);
+}
+
 void cfsd_stats_print(struct cfsd *d, FILE *out)
 {
-	fprintf(out, "opens_image %" PRIuFAST64 "\n", atomic_load(&d->stats.opens_image));
-	fprintf(out, "opens_daemon %" PRIuFAST64 "\n", atomic_load(&d->stats.opens_daemon));
-	fprintf(out, "opens_passthrough %" PRIuFAST64 "\n", atomic_load(&d->stats.opens_passthrough));
-	fprintf(out, "open_errors %" PRIuFAST64 "\n", atomic_load(&d->stats.open_errors));
-	fprintf(out, "reads %" PRIuFAST64 "\n", atomic_load(&d->stats.reads));
-	fprintf(out, "read_bytes %" PRIuFAST64 "\n", atomic_load(&d->stats.read_bytes));
-	fprintf(out, "read_errors %" PRIuFAST64 "\n", atomic_load(&d->stats.read_errors));
-	fprintf(out, "lookups %" PRIuFAST64 "\n", atomic_load(&d->stats.lookups));
-	fprintf(out, "readdirs %" PRIuFAST64 "\n", atomic_load(&d->stats.readdirs));
+	static const enum cfs_verify_method methods[] = {
+		CFS_VERIFY_KERNEL, CFS_VERIFY_USERSPACE, CFS_VERIFY_OFF
+	};
+	const struct cfsd_stats *s = &d->stats;
+	struct cfs_cas_stats cs = { 0 };
+	const char *sep = "";
+
+	/* Settings first (words, not numbers), then counters. */
+	fprintf(out, "verity %s\n", cfsd_verity_name(d->verity));
+	fprintf(out, "passthrough %s\n", cfsd_passthrough_name(d->passthrough));
+	fprintf(out, "io %s\n", d->cas ? cfs_cas_io_backend(d->cas) : "none");
+	/* The methods objects were verified with so far ("none" before the
+	 * first external file is opened). */
+	fputs("verification ", out);
+	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+		if (atomic_load(&s->objects_by_method[methods[i]])) {
+			fprintf(out, "%s%s", sep, cfs_verify_method_name(methods[i]));
+			sep = ",";
+		}
+	}
+	fprintf(out, "%s\n", *sep ? "" : "none");
+
+	put(out, "opens_image", atomic_load(&s->opens_image));
+	put(out, "opens_daemon", atomic_load(&s->opens_daemon));
+	put(out, "opens_passthrough", atomic_load(&s->opens_passthrough));
+	put(out, "open_errors", atomic_load(&s->open_errors));
+	put(out, "reads", atomic_load(&s->reads));
+	put(out, "read_bytes", atomic_load(&s->read_bytes));
+	put(out, "read_errors", atomic_load(&s->read_errors));
+	put(out, "lookups", atomic_load(&s->lookups));
+	put(out, "readdirs", atomic_load(&s->readdirs));
+	put(out, "objects_kernel", atomic_load(&s->objects_by_method[CFS_VERIFY_KERNEL]));
+	put(out, "objects_userspace", atomic_load(&s->objects_by_method[CFS_VERIFY_USERSPACE]));
+	put(out, "objects_unverified", atomic_load(&s->objects_by_method[CFS_VERIFY_OFF]));
+	/* The object store's own counters (all 0 without basedir=). */
+	if (d->cas)
+		cfs_cas_get_stats(d->cas, &cs);
+	put(out, "cas_objects_opened", cs.objects_opened);
+	put(out, "cas_trees_built", cs.trees_built);
+	put(out, "cas_trees_from_memory", cs.trees_from_memory);
+	put(out, "cas_trees_from_disk", cs.trees_from_disk);
+	put(out, "cas_trees_rejected", cs.trees_rejected);
+	put(out, "cas_trees_written", cs.trees_written);
+	put(out, "cas_tree_write_errors", cs.tree_write_errors);
+	put(out, "cas_blocks_failed", cs.blocks_failed);
+	put(out, "cas_lru_bytes", cs.lru_bytes);
 }

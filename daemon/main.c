@@ -262,18 +262,19 @@ static char *absolute_path(const char *path)
 	return asprintf(&p, "%s/%s", cwd, path) < 0 ? NULL : p;
 }
 
-static char *default_tree_cache(void)
+/* The default tree cache: cfs_tree_cache_default_dir() ($XDG_CACHE_HOME or
+ * ~/.cache), or /var/cache/composefs-fuse for root when neither variable is
+ * set (system services).  NULL (no persistence) for an ordinary user without
+ * either; -ENOMEM only on allocation failure. */
+static int default_tree_cache(char **ret)
 {
-	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-	char *p = NULL;
+	int r = cfs_tree_cache_default_dir(ret);
 
-	if (xdg && xdg[0] == '/')
-		return asprintf(&p, "%s/composefs-fuse", xdg) < 0 ? NULL : p;
-	if (home && home[0] == '/' && strcmp(home, "/") != 0)
-		return asprintf(&p, "%s/.cache/composefs-fuse", home) < 0 ? NULL : p;
-	if (geteuid() == 0)
-		return strdup("/var/cache/composefs-fuse");
-	return NULL;
+	if (r == -ENOENT) {
+		*ret = geteuid() == 0 ? strdup("/var/cache/composefs-fuse") : NULL;
+		return geteuid() == 0 && !*ret ? -ENOMEM : 0;
+	}
+	return r;
 }
 
 static const char *image_error(int r)
@@ -441,6 +442,45 @@ static int open_cas(struct cfsd *d, const char *basedirs, const struct cfs_cas_o
 {
 	int r = cfs_cas_open(basedirs, co, &d->cas);
 	if (r < 0)
+		cfsd_log(FUSE_LOG_ERR, "cannot open object store '%s': %s\n", basedirs, strerror(-r));
+	return r;
+}
+
+/*
+ * Open the store for the first time, deciding whether Merkle trees persist.
+ * cfs_cas_open() fails when the tree cache directory cannot be created or
+ * opened, which it reports as a plain -errno: opening again without it
+ * tells a tree cache problem from a store problem.  An unusable default
+ * location (a read-only or missing home, as for many service users) costs
+ * only persistence, with one warning; a directory the user named is an
+ * error naming it.  On return co->tree_cache_dir is what the store uses,
+ * for the reopen after daemonizing.
+ */
+static int open_cas_first(struct cfsd *d, const char *basedirs, struct cfs_cas_options *co,
+			  bool explicit_dir)
+{
+	const char *dir = co->tree_cache_dir, *why;
+	int r2, r = cfs_cas_open(basedirs, co, &d->cas);
+
+	if (r >= 0 || !dir)
+		goto out;
+	co->tree_cache_dir = NULL;
+	r2 = cfs_cas_open(basedirs, co, &d->cas);
+	if (r2 < 0) {
+		r = r2;
+		goto out; /* the store itself */
+	}
+	why = r == -EINVAL ? "inside an object store directory" : strerror(-r);
+	if (explicit_dir) {
+		d->cas = cfs_cas_unref(d->cas);
+		fprintf(stderr, "composefs-fuse: tree_cache '%s': %s\n", dir, why);
+		return r;
+	}
+	cfsd_log(FUSE_LOG_WARNING, "tree cache '%s' unusable (%s): Merkle trees are not saved "
+		 "across mounts\n", dir, why);
+	return 0;
+out:
+	if (r < 0)
 		fprintf(stderr, "composefs-fuse: cannot open object store '%s': %s\n", basedirs,
 			strerror(-r));
 	return r;
@@ -492,6 +532,9 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 		}
 	}
 	co->verify = d->verity != CFSD_VERITY_OFF;
+	/* The store refuses an object without a digest (-ENOKEY): one place
+	 * decides, files.c only names the file in the log. */
+	co->require_digest = d->verity == CFSD_VERITY_REQUIRE;
 	return 0;
 }
 
@@ -655,16 +698,20 @@ int main(int argc, char *argv[])
 
 	if (o.tree_cache && !strcmp(o.tree_cache, "none"))
 		tree_cache = NULL;
-	else if (o.tree_cache)
+	else if (o.tree_cache) {
 		tree_cache = absolute_path(o.tree_cache);
-	else
-		tree_cache = default_tree_cache();
+		if (!tree_cache) {
+			fprintf(stderr, "composefs-fuse: tree_cache '%s': %m\n", o.tree_cache);
+			goto out_img;
+		}
+	} else if (default_tree_cache(&tree_cache) < 0)
+		goto out_img;
 	co.tree_cache_dir = tree_cache;
 
 	/* Open the store before mounting so that its errors stop us here.
 	 * A daemon opens it again after fork(): io_uring rings and threads do
 	 * not survive fork. */
-	if (basedirs && open_cas(&d, basedirs, &co) < 0)
+	if (basedirs && open_cas_first(&d, basedirs, &co, o.tree_cache != NULL) < 0)
 		goto out_img;
 
 	if (add_mount_options(&args, image, mnt, geteuid() != 0 && !o.noauto_unmount) < 0)
@@ -710,10 +757,8 @@ int main(int argc, char *argv[])
 		log_to_syslog = true;
 		openlog("composefs-fuse", LOG_PID, LOG_DAEMON);
 		fuse_set_log_func(syslog_func);
-		if (basedirs && open_cas(&d, basedirs, &co) < 0) {
-			cfsd_log(FUSE_LOG_ERR, "cannot open object store '%s'\n", basedirs);
+		if (basedirs && open_cas(&d, basedirs, &co) < 0)
 			goto out_unmount;
-		}
 	}
 
 	if (geteuid() == 0 && !o.keep_caps) {
@@ -738,10 +783,9 @@ int main(int argc, char *argv[])
 		 "serving '%s' on '%s': format %u, %llu inodes, verity=%s, passthrough=%s (%s), "
 		 "io=%s, tree cache %s\n",
 		 image, cl.mountpoint, d.info.composefs_version, (unsigned long long)d.info.inodes,
-		 d.verity == CFSD_VERITY_ON ? "on" : d.verity == CFSD_VERITY_OFF ? "off" : "require",
-		 d.passthrough == CFSD_PT_AUTO ? "auto" : d.passthrough == CFSD_PT_OFF ? "off" : "always",
+		 cfsd_verity_name(d.verity), cfsd_passthrough_name(d.passthrough),
 		 cfsd_pt_describe(), d.cas ? cfs_cas_io_backend(d.cas) : "none",
-		 tree_cache ? tree_cache : "off");
+		 co.tree_cache_dir ? co.tree_cache_dir : "off");
 
 	r = run_loop(d.se, &cl);
 	/* 0 on unmount, the signal number on SIGTERM/SIGINT/SIGHUP. */

@@ -303,7 +303,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 {
 	struct cfsd *d = req_cfsd(req);
 	struct readdir_ctx c = { .req = req, .d = d, .size = size, .plus = plus };
-	_cleanup_free_ char *buf = NULL;
+	char *buf;
 	struct cfs_inode ci;
 	int r = get_dir(d, ino, &ci);
 
@@ -312,7 +312,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		return (void)fuse_reply_err(req, -r);
 	if (off < 0)
 		return (void)fuse_reply_err(req, EINVAL);
-	buf = malloc(size ? size : 1);
+	buf = cfsd_thread_buffer(size ? size : 1);
 	if (!buf)
 		return (void)fuse_reply_err(req, ENOMEM);
 	c.buf = buf;

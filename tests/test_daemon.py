@@ -298,10 +298,11 @@ def test_usr_share_doc_matches_kernel(tmp_path):
 # ---------------------------------------------------------------- data path
 
 def _stats(path):
+    """The stats file: settings as words ("io pread"), counters as ints."""
     out = {}
     for line in open(path):
         k, v = line.split()
-        out[k] = int(v)
+        out[k] = int(v) if v.isdigit() else v
     return out
 
 
@@ -336,6 +337,8 @@ def test_passthrough_used_as_root(gen_tree, tmp_path):
     s = _stats(stats)
     assert s["opens_passthrough"] >= 4
     assert s["opens_daemon"] == 0
+    assert s["verity"] == "off" and s["verification"] == "off"
+    assert s["objects_unverified"] >= 4 and s["objects_userspace"] == 0
     # no read of those files reached the daemon
     assert s["reads"] == 0, s
     assert "kernel passthrough" in proc.stderr_text
@@ -366,6 +369,45 @@ def test_passthrough_always_verifies_first(gen_tree, tmp_path):
     assert s["reads"] == 0
 
 
+def _flip(path, off):
+    with open(path, "r+b") as f:
+        f.seek(off)
+        b = f.read(1)
+        f.seek(off)
+        f.write(bytes([b[0] ^ 0x55]))
+
+
+def test_passthrough_always_checks_a_reused_tree(gen_tree, tmp_path):
+    """With passthrough=always, an object whose Merkle tree was not just built
+    from its data (reused from memory or from the tree cache) is read and
+    checked in full at open before the kernel gets the backing file."""
+    src, img, objs = gen_tree
+    objs2 = str(tmp_path / "objs")
+    shutil.copytree(objs, objs2)
+    obj = os.path.join(objs2, object_of(img, "files/mib1"))
+    want = open(os.path.join(src, "files/mib1"), "rb").read()
+    stats = str(tmp_path / "stats")
+    opts = ["passthrough=always", f"tree_cache={tmp_path / 'trees'}", f"stats_file={stats}"]
+    with fuse_mount(img, objs2, options=opts) as (fmnt, proc):
+        with open(os.path.join(fmnt, "files/mib1"), "rb") as f:   # tree built from the data
+            assert f.read() == want
+        _flip(obj, 300000)     # after the last release: the next open reuses the tree
+        with pytest.raises(OSError) as e:
+            open(os.path.join(fmnt, "files/mib1"), "rb")
+        assert e.value.errno == 5
+    s = _stats(stats)
+    assert s["opens_passthrough"] == 1 and s["reads"] == 0, s
+    assert s["cas_trees_from_memory"] >= 1 and s["cas_blocks_failed"] >= 1, s
+    assert s["cas_trees_written"] >= 1, s
+    _flip(obj, 300000)         # repaired: the saved tree is used and the data passes
+    with fuse_mount(img, objs2, options=opts) as (fmnt, proc):
+        with open(os.path.join(fmnt, "files/mib1"), "rb") as f:
+            assert f.read() == want
+    s = _stats(stats)
+    assert s["cas_trees_from_disk"] == 1 and s["cas_trees_built"] == 0, s
+    assert s["opens_passthrough"] == 1 and s["cas_blocks_failed"] == 0, s
+
+
 def test_daemon_served_reads_keep_cache(gen_tree, tmp_path):
     src, img, objs = gen_tree
     stats = str(tmp_path / "stats")
@@ -376,6 +418,16 @@ def test_daemon_served_reads_keep_cache(gen_tree, tmp_path):
                 assert f.read() == want
     s = _stats(stats)
     assert s["opens_daemon"] == 3 and s["opens_passthrough"] == 0
+    # which settings, io backend and verification method were in use, and
+    # the object store's own counters
+    assert s["verity"] == "on" and s["passthrough"] == "off"
+    assert s["io"] in ("io_uring", "pread")
+    assert f"io: {s['io']}" in proc.stderr_text and f"io={s['io']}" in proc.stderr_text
+    assert s["verification"] == "userspace"
+    assert s["objects_userspace"] >= 1 and s["objects_kernel"] == 0
+    assert s["cas_objects_opened"] >= 1
+    assert s["cas_trees_built"] + s["cas_trees_from_disk"] + s["cas_trees_from_memory"] >= 3
+    assert s["cas_blocks_failed"] == 0
     # the second and third opens are served from the kernel's page cache
     assert s["read_bytes"] <= len(want) + (1 << 20), s
     assert "daemon-served reads, verification: userspace" in proc.stderr_text
@@ -435,18 +487,23 @@ def test_missing_object_gives_eio_and_the_rest_reads(gen_tree, tmp_path):
     assert "/files/mib1" in lines[0]
 
 
+def _image_from_dump(tmp_path, entries):
+    """An image of a root directory holding the dump ENTRIES (lines)."""
+    dump = tmp_path / "d.dump"
+    dump.write_text("".join(l + "\n" for l in ["/ 4096 40755 2 0 0 0 0.0 - - -", *entries]))
+    img = str(tmp_path / "img")
+    run([tool("mkcomposefs"), "--from-file", str(dump), img])
+    return img
+
+
 def test_verity_require_refuses_files_without_digest(tmp_path):
     content = b"no digest for me\n" * 10
     objs = tmp_path / "objs"
     (objs / "ab").mkdir(parents=True)
     rel = "ab/" + "c" * 62
     _w(objs / rel, content)
-    dump = tmp_path / "d.dump"
-    dump.write_text(f"/ 4096 40755 2 0 0 0 0.0 - - -\n"
-                    f"/nodigest {len(content)} 100644 1 0 0 0 0.0 {rel} - -\n"
-                    f"/inline 3 100644 1 0 0 0 0.0 - abc -\n")
-    img = str(tmp_path / "img")
-    run([tool("mkcomposefs"), "--from-file", str(dump), img])
+    img = _image_from_dump(tmp_path, [f"/nodigest {len(content)} 100644 1 0 0 0 0.0 {rel} - -",
+                                      "/inline 3 100644 1 0 0 0 0.0 - abc -"])
     with fuse_mount(img, str(objs)) as (fmnt, proc):
         assert open(os.path.join(fmnt, "nodigest"), "rb").read() == content
     with fuse_mount(img, str(objs), options=["verity=require"]) as (fmnt, proc):
@@ -454,7 +511,96 @@ def test_verity_require_refuses_files_without_digest(tmp_path):
             open(os.path.join(fmnt, "nodigest"), "rb")
         assert e.value.errno == 5
         assert open(os.path.join(fmnt, "inline"), "rb").read() == b"abc"
-    assert "verity=require" in proc.stderr_text
+    lines = [l for l in proc.stderr_text.splitlines() if "verity=require" in l and "/nodigest" in l]
+    assert len(lines) == 1, proc.stderr_text
+
+
+def test_metacopy_with_digest_but_no_redirect_as_kernel(tmp_path):
+    """A metacopy file with a digest but no redirect: the object is in the
+    store under its digest, but the kernel mount cannot look the file up
+    (EIO; overlayfs finds data-only layers through redirects only) and still
+    lists it.  composefs-fuse shows the same and never opens the object."""
+    content = b"reachable by digest only\n" * 3
+    objs = tmp_path / "objs"
+    data = tmp_path / "content"
+    _w(data, content)
+    digest = run(["fsverity", "digest", "--compact", str(data)]).stdout.decode().split()[0]
+    rel = f"{digest[:2]}/{digest[2:]}"
+    (objs / digest[:2]).mkdir(parents=True)
+    shutil.copy(data, objs / rel)
+    img = _image_from_dump(tmp_path, [f"/nored {len(content)} 100644 1 0 0 0 0.0 - - {digest}",
+                                      f"/withred {len(content)} 100644 1 0 0 0 0.0 {rel} - {digest}"])
+    with kernel_mount(img, str(objs)) as kmnt:
+        ksnap = listing(kmnt)
+        klist = sorted(os.listdir(kmnt))
+    stats = str(tmp_path / "stats")
+    with fuse_mount(img, str(objs), options=[f"stats_file={stats}"]) as (fmnt, proc):
+        fsnap = listing(fmnt)
+        assert sorted(os.listdir(fmnt)) == klist == ["nored", "withred"]
+        for how in (os.lstat, lambda p: open(p, "rb")):
+            with pytest.raises(OSError) as e:
+                how(os.path.join(fmnt, "nored"))
+            assert e.value.errno == 5
+        # readdirplus gives the name without attributes
+        kinds = {e.name: e for e in os.scandir(fmnt)}
+        with pytest.raises(OSError) as e:
+            kinds["nored"].stat(follow_symlinks=False)
+        assert e.value.errno == 5
+        assert open(os.path.join(fmnt, "withred"), "rb").read() == content
+    assert ksnap["nored"] == {"error": 5}
+    assert_same_tree(ksnap, fsnap)
+    s = _stats(stats)
+    assert s["objects_userspace"] == 1 and s["open_errors"] == 0, s
+    lines = [l for l in proc.stderr_text.splitlines() if "/nored" in l]
+    assert len(lines) == 1 and "redirect" in lines[0], proc.stderr_text
+
+
+def test_default_tree_cache_unusable_falls_back(gen_tree, tmp_path):
+    """An unusable default tree cache ($HOME not writable) only costs
+    persistence, with one warning; a usable one ($XDG_CACHE_HOME, else
+    ~/.cache) receives the trees."""
+    src, img, objs = gen_tree
+    blocker = tmp_path / "not-a-dir"
+    _w(blocker, b"")
+    want = open(os.path.join(src, "files/mib1"), "rb").read()
+    stats = str(tmp_path / "stats")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(blocker / "home")}
+    with fuse_mount(img, objs, options=["passthrough=off", f"stats_file={stats}"],
+                    env=env) as (fmnt, proc):
+        with open(os.path.join(fmnt, "files/mib1"), "rb") as f:
+            assert f.read() == want
+    s = _stats(stats)
+    assert s["cas_trees_built"] == 1 and s["cas_trees_written"] == 0, s
+    warn = [l for l in proc.stderr_text.splitlines() if "tree cache" in l and "unusable" in l]
+    assert len(warn) == 1, proc.stderr_text
+    assert str(blocker / "home") in warn[0]
+    assert "tree cache off" in proc.stderr_text
+
+    cases = [({"HOME": str(tmp_path / "home")}, tmp_path / "home" / ".cache"),
+             ({"HOME": str(blocker), "XDG_CACHE_HOME": str(tmp_path / "xdg")}, tmp_path / "xdg")]
+    for env_extra, where in cases:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env_extra}
+        with fuse_mount(img, objs, options=["passthrough=off", f"stats_file={stats}"],
+                        env=env) as (fmnt, proc):
+            with open(os.path.join(fmnt, "files/mib1"), "rb") as f:
+                assert f.read() == want
+        s = _stats(stats)
+        assert s["cas_trees_written"] == 1, s
+        assert "unusable" not in proc.stderr_text
+        assert len(list((where / "composefs-fuse").rglob("*"))) >= 1
+
+
+def test_explicit_tree_cache_unusable_is_an_error(gen_tree, tmp_path):
+    src, img, objs = gen_tree
+    blocker = tmp_path / "not-a-dir"
+    _w(blocker, b"")
+    bad = str(blocker / "trees")
+    _fails_before_mount(lambda m: ["-o", f"basedir={objs},tree_cache={bad}", img, m],
+                        f"tree_cache '{bad}'", tmp_path)
+    inside = os.path.join(objs, "trees")
+    _fails_before_mount(lambda m: ["-o", f"basedir={objs},tree_cache={inside}", img, m],
+                        "inside an object store", tmp_path)
+    assert not os.path.exists(inside)
 
 
 def test_read_only(gen_tree):
