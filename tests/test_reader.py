@@ -594,3 +594,17 @@ def test_duplicate_names_in_a_directory_are_refused(tmp):
     img.write_bytes(bytes(i.data))
     p = info("dump", img, check=False)
     assert p.returncode == 1 and p.stdout == b"" and b"duplicate name" in p.stderr
+
+
+@needs_root
+def test_image_on_a_block_device():
+    """An image may also be read from a block device (its size comes from
+    BLKGETSIZE64, not st_size)."""
+    p = run(["losetup", "--find", "--show", "--read-only", RICH], check=False)
+    if p.returncode != 0:
+        pytest.skip(f"no loop device: {p.stderr!r}")
+    dev = p.stdout.decode().strip()
+    try:
+        assert info("dump", dev).stdout == dump_text(RICH)
+    finally:
+        run(["losetup", "-d", dev])
