@@ -43,11 +43,12 @@ struct cfsd_files {
 };
 
 /*
- * Per-thread reply buffers.  A read reply is up to max_read bytes (1 MiB
- * with the kernel's default max_pages); a malloc of that size per request
- * is served by mmap() and costs page faults and zeroing on every read, so
- * each worker thread keeps one buffer, grown as needed and freed when
- * libfuse ends the thread.
+ * Per-thread reply buffers.  A read request asks for up to 1 MiB (libfuse
+ * negotiates 256 pages; readahead asks for 128 KiB); a malloc of that size
+ * per request may be served by mmap() (glibc's threshold starts at 128 KiB)
+ * and then costs page faults and zeroing on every read, so each worker
+ * thread keeps one buffer, grown as needed and freed when libfuse ends the
+ * thread.
  */
 static pthread_key_t tbuf_key;
 static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;

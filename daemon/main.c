@@ -270,11 +270,13 @@ static int default_tree_cache(char **ret)
 {
 	int r = cfs_tree_cache_default_dir(ret);
 
-	if (r == -ENOENT) {
-		*ret = geteuid() == 0 ? strdup("/var/cache/composefs-fuse") : NULL;
-		return geteuid() == 0 && !*ret ? -ENOMEM : 0;
-	}
-	return r;
+	if (r != -ENOENT)
+		return r;
+	*ret = NULL;
+	if (geteuid() != 0)
+		return 0;
+	*ret = strdup("/var/cache/composefs-fuse");
+	return *ret ? 0 : -ENOMEM;
 }
 
 static const char *image_error(int r)
@@ -696,16 +698,17 @@ int main(int argc, char *argv[])
 	if (check_mountpoint(mnt) < 0)
 		goto out_img;
 
-	if (o.tree_cache && !strcmp(o.tree_cache, "none"))
+	if (o.tree_cache && !strcmp(o.tree_cache, "none")) {
 		tree_cache = NULL;
-	else if (o.tree_cache) {
+	} else if (o.tree_cache) {
 		tree_cache = absolute_path(o.tree_cache);
 		if (!tree_cache) {
 			fprintf(stderr, "composefs-fuse: tree_cache '%s': %m\n", o.tree_cache);
 			goto out_img;
 		}
-	} else if (default_tree_cache(&tree_cache) < 0)
+	} else if (default_tree_cache(&tree_cache) < 0) {
 		goto out_img;
+	}
 	co.tree_cache_dir = tree_cache;
 
 	/* Open the store before mounting so that its errors stop us here.
@@ -785,7 +788,7 @@ int main(int argc, char *argv[])
 		 image, cl.mountpoint, d.info.composefs_version, (unsigned long long)d.info.inodes,
 		 cfsd_verity_name(d.verity), cfsd_passthrough_name(d.passthrough),
 		 cfsd_pt_describe(), d.cas ? cfs_cas_io_backend(d.cas) : "none",
-		 co.tree_cache_dir ? co.tree_cache_dir : "off");
+		 d.cas && co.tree_cache_dir ? co.tree_cache_dir : "off");
 
 	r = run_loop(d.se, &cl);
 	/* 0 on unmount, the signal number on SIGTERM/SIGINT/SIGHUP. */
