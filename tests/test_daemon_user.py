@@ -129,12 +129,12 @@ def mounted(mnt):
 
 
 @contextlib.contextmanager
-def user_mount(ws, options=()):
+def user_mount(ws, options=(), env=None):
     """Like conftest.fuse_mount(), run as the user; yields the process."""
     opts = ",".join([f"basedir={ws['objs']}", *options])
     proc = subprocess.Popen([tool("composefs-fuse"), "-f", "-o", opts, ws["img"], ws["mnt"]],
                             stderr=subprocess.PIPE, text=True, preexec_fn=as_user(ws),
-                            env=user_env(ws))
+                            env={**user_env(ws), **(env or {})})
     try:
         deadline = time.monotonic() + 20
         while not mounted(ws["mnt"]):
@@ -204,8 +204,33 @@ def test_user_passthrough_falls_back(workspace):
         assert p.stdout == ws["data"]
     s = dict(l.split() for l in open(stats))
     assert int(s["opens_passthrough"]) == 0 and int(s["opens_daemon"]) >= 1
+    assert s["verification"] == "off" and s["passthrough"] == "auto"
+    assert s["io"] in ("io_uring", "pread") and f"io: {s['io']}" in proc.stderr_text
     assert "not permitted" in proc.stderr_text
     assert "daemon-served reads" in proc.stderr_text
+
+
+def test_user_without_writable_cache_dir_still_mounts(workspace):
+    """A user whose ~/.cache cannot be created (here: HOME is a directory
+    owned by root) still mounts: Merkle trees are kept in memory only, with
+    one warning."""
+    ws = workspace
+    stats = os.path.join(ws["home"], "stats")
+    fmnt = ws["mnt"]
+    with user_mount(ws, options=["passthrough=off", f"stats_file={stats}"],
+                    env={"HOME": ws["top"]}) as proc:
+        code = "import sys; sys.stdout.buffer.write(open(%r, 'rb').read())" % os.path.join(fmnt, "big")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                           preexec_fn=as_user(ws), env=user_env(ws))
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == ws["data"]
+    s = dict(l.split() for l in open(stats))
+    assert int(s["cas_trees_built"]) >= 1 and int(s["cas_trees_written"]) == 0, s
+    assert s["verification"] == "userspace"
+    warn = [l for l in proc.stderr_text.splitlines() if "unusable" in l]
+    assert len(warn) == 1 and os.path.join(ws["top"], ".cache") in warn[0], proc.stderr_text
+    assert "Permission denied" in warn[0]
+    assert not os.path.exists(os.path.join(ws["top"], ".cache"))
 
 
 @pytest.mark.parametrize("when", ["at-mount", "after-read"])
