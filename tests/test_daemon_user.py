@@ -192,16 +192,20 @@ def test_user_mount_matches_kernel_view(workspace):
     assert fsnap["secret"]["sha256"] == "error 13"       # permissions enforced
 
 
+def read_as_user(ws, path):
+    code = "import sys; sys.stdout.buffer.write(open(%r, 'rb').read())" % path
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       preexec_fn=as_user(ws), env=user_env(ws))
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
 def test_user_passthrough_falls_back(workspace):
     ws = workspace
     stats = os.path.join(ws["home"], "stats")
     fmnt = ws["mnt"]
     with user_mount(ws, options=["verity=off", f"stats_file={stats}"]) as proc:
-        code = "import sys; sys.stdout.buffer.write(open(%r, 'rb').read())" % os.path.join(fmnt, "big")
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                           preexec_fn=as_user(ws), env=user_env(ws))
-        assert p.returncode == 0, p.stderr
-        assert p.stdout == ws["data"]
+        assert read_as_user(ws, os.path.join(fmnt, "big")) == ws["data"]
     s = dict(l.split() for l in open(stats))
     assert int(s["opens_passthrough"]) == 0 and int(s["opens_daemon"]) >= 1
     assert s["verification"] == "off" and s["passthrough"] == "auto"
@@ -219,11 +223,7 @@ def test_user_without_writable_cache_dir_still_mounts(workspace):
     fmnt = ws["mnt"]
     with user_mount(ws, options=["passthrough=off", f"stats_file={stats}"],
                     env={"HOME": ws["top"]}) as proc:
-        code = "import sys; sys.stdout.buffer.write(open(%r, 'rb').read())" % os.path.join(fmnt, "big")
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                           preexec_fn=as_user(ws), env=user_env(ws))
-        assert p.returncode == 0, p.stderr
-        assert p.stdout == ws["data"]
+        assert read_as_user(ws, os.path.join(fmnt, "big")) == ws["data"]
     s = dict(l.split() for l in open(stats))
     assert int(s["cas_trees_built"]) >= 1 and int(s["cas_trees_written"]) == 0, s
     assert s["verification"] == "userspace"
