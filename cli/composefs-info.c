@@ -278,7 +278,6 @@ static int measure_files(int nfiles, char **files)
 
 static int verify_images(int nimages, char **images, int argc, char **argv)
 {
-#ifdef HAVE_INFO_VERIFY
 	int worst = 0;
 
 	for (int i = 0; i < nimages; i++) {
@@ -298,14 +297,6 @@ static int verify_images(int nimages, char **images, int argc, char **argv)
 			worst = 1;
 	}
 	return worst;
-#else
-	(void)nimages;
-	(void)images;
-	(void)argc;
-	(void)argv;
-	fprintf(stderr, "composefs-info: the verify command is not built in this version\n");
-	return -EOPNOTSUPP;
-#endif
 }
 
 enum {
