@@ -105,9 +105,6 @@ uint64_t cfs_merkle_leaf_bytes(const struct cfs_merkle *t);
 
 /* ---- I/O ---- */
 
-/* pread until @len bytes or EOF, retrying EINTR.  Bytes read or -errno. */
-ssize_t cfs_pread_full(int fd, void *buf, size_t len, uint64_t off);
-
 /* One read of @len bytes at @off into @buf; @res receives the byte count
  * (possibly short at EOF) or -errno. */
 struct cfs_io_seg {

@@ -9,7 +9,6 @@
  */
 #include <fcntl.h>
 #include <linux/fs.h>
-#include <linux/fsverity.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -39,27 +38,21 @@ static int copy_data(int src, int dst, uint64_t size)
 	buf = malloc(bufsz);
 	if (!buf)
 		return -ENOMEM;
+	/* copy_file_range() moved no file offset: continue where it stopped. */
+	if (lseek(dst, out, SEEK_SET) < 0)
+		return -errno;
 	for (;;) {
-		ssize_t n = pread(src, buf, bufsz, in);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
+		ssize_t n = cfs_pread_full(src, buf, bufsz, (uint64_t)in);
+		int r;
+
+		if (n <= 0) {
+			if (n < 0)
+				return (int)n;
 			break;
-		for (ssize_t done = 0; done < n;) {
-			ssize_t m = pwrite(dst, buf + done, (size_t)(n - done), out);
-			if (m < 0) {
-				if (errno == EINTR)
-					continue;
-				return -errno;
-			}
-			if (m == 0)
-				return -ENOSPC;
-			done += m;
-			out += m;
 		}
+		r = cfs_write_all(dst, buf, (size_t)n);
+		if (r < 0)
+			return r;
 		in += n;
 	}
 	return (uint64_t)in == size ? 0 : -EIO; /* the source changed size under us */
@@ -67,20 +60,13 @@ static int copy_data(int src, int dst, uint64_t size)
 
 static void try_enable_verity(int dirfd, const char *name)
 {
-	struct fsverity_enable_arg arg = {
-		.version = 1,
-		.hash_algorithm = FS_VERITY_HASH_ALG_SHA256,
-		.block_size = CFS_VERITY_BLOCK_SIZE,
-	};
-	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	_cleanup_close_ int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 
-	if (fd < 0)
-		return;
 	/* EOPNOTSUPP/ENOTTY: the filesystem has no fs-verity; anything
 	 * else (e.g. not enabled in the superblock) is not fatal either: the
 	 * reader verifies in userspace. */
-	(void)ioctl(fd, FS_IOC_ENABLE_VERITY, &arg);
-	close(fd);
+	if (fd >= 0)
+		(void)cfs_verity_kernel_ops.enable(NULL, fd);
 }
 
 static int link_noreplace(int dirfd, const char *tmp, const char *name)

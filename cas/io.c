@@ -30,25 +30,6 @@ struct cfs_io_ring {
 	struct cfs_io_ring *prev, *next;
 };
 
-ssize_t cfs_pread_full(int fd, void *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			break;
-		done += (size_t)n;
-	}
-	return (ssize_t)done;
-}
-
 #if HAVE_IO_URING
 /* Finish a read that io_uring returned short (or interrupted). */
 static int finish_read(int fd, void *buf, size_t len, uint64_t off, int res)

@@ -334,24 +334,6 @@ corrupt:
 	return -EBADMSG;
 }
 
-static int write_full(int fd, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 int cfs_tree_cache_store(struct cfs_tree_cache *tc, const struct cfs_merkle *t)
 {
 	static _Atomic unsigned long counter;
@@ -376,9 +358,9 @@ int cfs_tree_cache_store(struct cfs_tree_cache *tc, const struct cfs_merkle *t)
 	h.data_size = htole64(t->data_size);
 	h.leaf_bytes = htole64(cfs_merkle_leaf_bytes(t));
 	memcpy(h.digest, t->digest, CFS_DIGEST_SIZE);
-	r = write_full(fd, &h, sizeof(h));
+	r = cfs_write_all(fd, &h, sizeof(h));
 	if (r == 0)
-		r = write_full(fd, cfs_merkle_block(t, t->level_start[0]), cfs_merkle_leaf_bytes(t));
+		r = cfs_write_all(fd, cfs_merkle_block(t, t->level_start[0]), cfs_merkle_leaf_bytes(t));
 	if (r == 0 && close(steal_fd(&fd)) < 0)
 		r = -errno;
 	/* No fsync: a torn file after a crash fails the check and is rebuilt. */

@@ -72,23 +72,6 @@ static inline int membuf_write(void *userdata, const void *buf, size_t len)
 	return 0;
 }
 
-static inline int output_write_fd(int fd, const uint8_t *p, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -ENOSPC;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* Write @img to @out ("-": stdout, refused if a terminal).  Targets that
  * are not plain files in a directory of their own (a device, a pipe,
  * /proc/self/fd/N, /dev/stdout) are written in place, as upstream does.  On failure *ret_err gets a
@@ -106,7 +89,7 @@ static inline int output_write(const char *out, const struct membuf *img, char *
 			*ret_err = strdup("stdout is a terminal, refusing to write an image to it");
 			return -EINVAL;
 		}
-		r = output_write_fd(STDOUT_FILENO, img->data, img->len);
+		r = cfs_write_all(STDOUT_FILENO, img->data, img->len);
 		if (r < 0 && asprintf(ret_err, "stdout: %s", strerror(-r)) < 0)
 			*ret_err = NULL;
 		return r;
@@ -119,7 +102,7 @@ static inline int output_write(const char *out, const struct membuf *img, char *
 		r = fd < 0 ? -errno : 0;
 		if (r >= 0) {
 			what = "cannot write";
-			r = output_write_fd(fd, img->data, img->len);
+			r = cfs_write_all(fd, img->data, img->len);
 			if (close(fd) < 0 && r >= 0)
 				r = -errno;
 		}
@@ -141,7 +124,7 @@ static inline int output_write(const char *out, const struct membuf *img, char *
 	mask = umask(0);
 	umask(mask);
 	what = "cannot write";
-	r = output_write_fd(fd, img->data, img->len);
+	r = cfs_write_all(fd, img->data, img->len);
 	if (r >= 0 && fchmod(fd, 0666 & ~mask) < 0)
 		r = -errno;
 	if (r >= 0 && fsync(fd) < 0)

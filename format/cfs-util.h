@@ -71,6 +71,49 @@ static inline int steal_fd(int *fd)
 			(void)func(*p);                \
 	}
 
+/* write() all @len bytes, retrying EINTR.  0, or -errno (-ENOSPC if
+ * write() stops making progress). */
+static inline int cfs_write_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -ENOSPC;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* pread() until @len bytes or end of file, retrying EINTR.  The bytes read
+ * (fewer than @len only at end of file) or -errno. */
+static inline ssize_t cfs_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
 static inline bool cfs_range_ok(uint64_t off, uint64_t len, uint64_t size)
 {
 	uint64_t end;
