@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The `composefs-info verify` subcommand, implemented in info-verify.c and
- * compiled in (with -DHAVE_INFO_VERIFY) when that file exists.
+ * The `composefs-info verify` subcommand, implemented in info-verify.c.
  *
  * composefs-info.c parses the global options (--basedir, --filter,
  * --tree-cache, --threads), opens each IMAGE operand in turn and calls
