@@ -114,11 +114,21 @@ int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret);
  * "nid N" if it cannot be found.  Walks the tree; only used on errors. */
 void cfsd_describe_nid(struct cfsd *d, uint64_t nid, char *buf, size_t bufsz);
 
+/* Log that the image metadata of @nid (@what: "inode", "directory", ...)
+ * is unusable, once per nid and naming its path; returns the positive errno
+ * to reply with (ENOMEM or EIO). */
+int cfsd_image_error(struct cfsd *d, uint64_t nid, const char *what, int err);
+
 /* files.c */
 int cfsd_files_new(struct cfsd *d);
 void cfsd_files_free(struct cfsd *d);
-/* True the first time it is called for @nid: log one line per object. */
-bool cfsd_first_error(struct cfsd *d, uint64_t nid);
+/* Keys of cfsd_first_error(): a nid alone for open failures, with one of
+ * these bits for the other kinds of failure, so that each is logged once.
+ * nids are 32-byte slot numbers of a mapping and never reach these bits. */
+#define CFSD_ERR_READ (UINT64_C(1) << 63)  /* reads of an external object */
+#define CFSD_ERR_IMAGE (UINT64_C(1) << 62) /* corrupt image metadata or data */
+/* True the first time it is called for @key: log one line per object. */
+bool cfsd_first_error(struct cfsd *d, uint64_t key);
 void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
 void cfsd_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

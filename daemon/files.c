@@ -127,21 +127,20 @@ void cfsd_files_free(struct cfsd *d)
 	thread_buffer_free();
 }
 
-/* True the first time it is called for @nid. */
-bool cfsd_first_error(struct cfsd *d, uint64_t nid)
+bool cfsd_first_error(struct cfsd *d, uint64_t key)
 {
 	struct cfsd_files *f = d->files;
 	bool first = true;
 
 	pthread_mutex_lock(&f->lock);
 	for (size_t i = 0; i < f->n_logged; i++) {
-		if (f->logged[i] == nid) {
+		if (f->logged[i] == key) {
 			first = false;
 			break;
 		}
 	}
 	if (first && f->n_logged < LOGGED_MAX)
-		f->logged[f->n_logged++] = nid;
+		f->logged[f->n_logged++] = key;
 	pthread_mutex_unlock(&f->lock);
 	return first;
 }
@@ -308,13 +307,7 @@ void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		r = cfs_img_get_backing(d->img, &ci, &b);
 		if (r < 0) {
 			atomic_fetch_add(&d->stats.open_errors, 1);
-			if (cfsd_first_error(d, ci.nid)) {
-				char where[1024];
-				cfsd_describe_nid(d, ci.nid, where, sizeof(where));
-				cfsd_log(FUSE_LOG_ERR, "%s: corrupt overlay metadata: %s\n", where,
-					 strerror(-r));
-			}
-			return (void)fuse_reply_err(req, EIO);
+			return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "overlay metadata", r));
 		}
 	}
 	if (ci.size == 0 || !b.is_external) {
@@ -376,22 +369,18 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 			return (void)fuse_reply_err(req, -r);
 		n = cfs_img_read(d->img, &ci, (uint64_t)off, buf, size);
 		if (n < 0) {
-			if (cfsd_first_error(d, ci.nid))
-				cfsd_log(FUSE_LOG_ERR, "image: cannot read data of nid %llu: %s\n",
-					 (unsigned long long)ci.nid, strerror((int)-n));
 			atomic_fetch_add(&d->stats.read_errors, 1);
-			return (void)fuse_reply_err(req, n == -ENOMEM ? ENOMEM : EIO);
+			return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "file data", (int)n));
 		}
 	} else {
 		n = cfs_object_pread(oi->obj, buf, size, (uint64_t)off);
 		if (n < 0) {
 			bool expected = false;
 			atomic_fetch_add(&d->stats.read_errors, 1);
-			/* One line per object for read failures, kept apart from
-			 * open failures of the same nid by the top bit (nids are
-			 * 32-byte slot numbers and never reach it). */
+			/* One line per object for read failures (the flag spares
+			 * the shared table's lock on repeated failures). */
 			if (atomic_compare_exchange_strong(&oi->read_error_logged, &expected, true) &&
-			    cfsd_first_error(d, oi->nid ^ (1ULL << 63))) {
+			    cfsd_first_error(d, oi->nid | CFSD_ERR_READ)) {
 				char where[1024];
 				struct cfs_inode ci;
 				struct cfs_backing b;

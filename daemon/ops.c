@@ -39,6 +39,21 @@ static struct cfsd *req_cfsd(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
+int cfsd_image_error(struct cfsd *d, uint64_t nid, const char *what, int err)
+{
+	if (err == -ENOMEM)
+		return ENOMEM;
+	/* Once per nid: a corrupt inode would otherwise log on every request. */
+	if (cfsd_first_error(d, nid | CFSD_ERR_IMAGE)) {
+		char where[1024];
+
+		cfsd_describe_nid(d, nid, where, sizeof(where));
+		cfsd_log(FUSE_LOG_ERR, "image: %s: %s is corrupt: %s\n", where, what,
+			 err == -EFSCORRUPTED ? "bad metadata" : strerror(-err));
+	}
+	return EIO;
+}
+
 int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret)
 {
 	uint64_t nid;
@@ -46,10 +61,7 @@ int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret)
 	if (r < 0)
 		return r;
 	r = cfs_img_read_inode(d->img, nid, ret);
-	if (r == -EFSCORRUPTED || r == -EOPNOTSUPP)
-		cfsd_log(FUSE_LOG_ERR, "image: inode nid %llu is corrupt: %s\n",
-			 (unsigned long long)nid, strerror(-r));
-	return r < 0 ? (r == -ENOMEM ? r : -EIO) : 0;
+	return r < 0 ? -cfsd_image_error(d, nid, "inode", r) : 0;
 }
 
 static int get_dir(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret)
@@ -163,10 +175,10 @@ static void cfsd_op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (r == -ENOENT)
 		goto negative;
 	if (r < 0)
-		return (void)fuse_reply_err(req, r == -ENOMEM ? ENOMEM : EIO);
+		return (void)fuse_reply_err(req, cfsd_image_error(d, dir.nid, "directory", r));
 	r = cfs_img_read_inode(d->img, nid, &ci);
 	if (r < 0)
-		return (void)fuse_reply_err(req, r == -ENOMEM ? ENOMEM : EIO);
+		return (void)fuse_reply_err(req, cfsd_image_error(d, nid, "inode", r));
 	if (is_whiteout(&ci))
 		goto negative; /* a whiteout hides itself */
 	r = check_lookup_data(d, &ci);
@@ -225,7 +237,7 @@ static void cfsd_op_readlink(fuse_req_t req, fuse_ino_t ino)
 		return (void)fuse_reply_err(req, EINVAL);
 	n = cfs_img_readlink(d->img, &ci, buf, sizeof(buf));
 	if (n < 0)
-		return (void)fuse_reply_err(req, n == -ENOMEM ? ENOMEM : EIO);
+		return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "symlink", (int)n));
 	fuse_reply_readlink(req, buf);
 }
 
@@ -317,11 +329,10 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		return (void)fuse_reply_err(req, ENOMEM);
 	c.buf = buf;
 	r = cfs_img_iterate_dir(d->img, &ci, (uint64_t)off, readdir_one, &c);
-	if (r < 0 && c.used == 0) {
-		cfsd_log(FUSE_LOG_ERR, "image: directory nid %llu is corrupt: %s\n",
-			 (unsigned long long)ci.nid, strerror(-r));
-		return (void)fuse_reply_err(req, r == -ENOMEM ? ENOMEM : EIO);
-	}
+	/* Entries already gathered are sent; the next call from the last
+	 * cookie meets the error again and reports it. */
+	if (r < 0 && c.used == 0)
+		return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "directory", r));
 	fuse_reply_buf(req, buf, c.used);
 }
 
@@ -408,7 +419,7 @@ static void cfsd_op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, s
 	if (r == -ENODATA)
 		return (void)fuse_reply_err(req, ENODATA);
 	if (r < 0)
-		return (void)fuse_reply_err(req, r == -ENOMEM ? ENOMEM : EIO);
+		return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "xattr area", r));
 	if (size == 0)
 		return (void)fuse_reply_xattr(req, len);
 	if (len > size)
@@ -459,7 +470,7 @@ static void cfsd_op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	r = cfs_img_iterate_xattrs(d->img, &ci, listxattr_one, &c);
 	if (r < 0) {
 		free(c.buf);
-		return (void)fuse_reply_err(req, r == -ENOMEM ? ENOMEM : EIO);
+		return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "xattr area", r));
 	}
 	if (size == 0)
 		fuse_reply_xattr(req, c.used);

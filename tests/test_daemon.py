@@ -3,6 +3,7 @@
 with the object store as a data-only layer): same tree, same metadata, same
 xattrs, same content; verified reads; startup errors; readiness; shutdown."""
 import contextlib
+import errno
 import glob
 import os
 import random
@@ -886,6 +887,35 @@ def test_corrupted_image_never_crashes(gen_tree, tmp_path, seed):
     assert not SUSPICIOUS.search(err), err
     print(f"corrupted image {seed}: served, {visited} names, "
           f"{len(err.splitlines())} log lines")
+
+
+def test_corrupt_inode_logged_once_with_its_path(tmp_path):
+    """An inode the reader refuses makes every lookup of its name fail with
+    EIO; the daemon says so once, naming the file's path, not once per
+    request (nor never, as lookups did)."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    _w(str(src / "d" / "victim"), b"v" * 100)
+    _w(str(src / "d" / "fine"), b"f" * 100)
+    img = str(tmp_path / "img.cfs")
+    run([tool("mkcomposefs"), str(src), img])
+    with fuse_mount(img, options=["passthrough=off"]) as (mnt, proc):
+        nid = os.lstat(os.path.join(mnt, "d", "victim")).st_ino - 2
+    data = bytearray(open(img, "rb").read())
+    meta_blkaddr = int.from_bytes(data[1024 + 40:1024 + 44], "little")
+    off = meta_blkaddr * 4096 + nid * 32
+    i_format = int.from_bytes(data[off:off + 2], "little")
+    data[off:off + 2] = (i_format | 0xe).to_bytes(2, "little")   # data layout 7: none such
+    _w(img, bytes(data))
+    with fuse_mount(img, options=["passthrough=off", "timeout=0"]) as (mnt, proc):
+        for _ in range(5):
+            with pytest.raises(OSError) as e:
+                os.lstat(os.path.join(mnt, "d", "victim"))
+            assert e.value.errno == errno.EIO
+        assert os.path.getsize(os.path.join(mnt, "d", "fine")) == 100
+    lines = [l for l in proc.stderr_text.splitlines() if "is corrupt" in l]
+    assert len(lines) == 1, proc.stderr_text
+    assert "/d/victim: inode is corrupt" in lines[0], lines
 
 
 def test_sigusr1_writes_stats_while_mounted(gen_tree, tmp_path):
