@@ -291,15 +291,18 @@ static const char *image_error(int r)
 	}
 }
 
+/* The stats file and the daemon it describes; under stats_lock, because the
+ * SIGUSR1 thread may be writing while main() tears the daemon down. */
+static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *stats_path;
 static struct cfsd *stats_d;
 
-static void write_stats(struct cfsd *d)
+static void write_stats_locked(void)
 {
 	_cleanup_free_ char *tmp = NULL;
 	FILE *f;
 
-	if (!stats_path)
+	if (!stats_path || !stats_d)
 		return;
 	if (asprintf(&tmp, "%s.tmp.%ld", stats_path, (long)getpid()) < 0)
 		return;
@@ -308,11 +311,29 @@ static void write_stats(struct cfsd *d)
 		cfsd_log(FUSE_LOG_WARNING, "stats_file '%s': %m\n", tmp);
 		return;
 	}
-	cfsd_stats_print(d, f);
+	cfsd_stats_print(stats_d, f);
 	if (fclose(f) != 0 || rename(tmp, stats_path) < 0) {
 		cfsd_log(FUSE_LOG_WARNING, "stats_file '%s': %m\n", stats_path);
 		unlink(tmp);
 	}
+}
+
+static void write_stats(void)
+{
+	pthread_mutex_lock(&stats_lock);
+	write_stats_locked();
+	pthread_mutex_unlock(&stats_lock);
+}
+
+/* Write the stats one last time (@final) or not, and let the SIGUSR1 thread
+ * write no more: the daemon is about to be freed. */
+static void stop_stats(bool final)
+{
+	pthread_mutex_lock(&stats_lock);
+	if (final)
+		write_stats_locked();
+	stats_d = NULL;
+	pthread_mutex_unlock(&stats_lock);
 }
 
 /* SIGUSR1 is blocked in every thread; this one waits for it. */
@@ -325,7 +346,7 @@ static void *stats_thread(void *arg)
 	sigaddset(&set, SIGUSR1);
 	for (;;) {
 		if (sigwait(&set, &sig) == 0 && sig == SIGUSR1)
-			write_stats(stats_d);
+			write_stats();
 	}
 	return NULL;
 }
@@ -770,8 +791,10 @@ int main(int argc, char *argv[])
 			cfsd_log(FUSE_LOG_WARNING, "cannot drop capabilities: %s\n", strerror(-r));
 	}
 
+	pthread_mutex_lock(&stats_lock);
 	stats_path = o.stats_file;
 	stats_d = &d;
+	pthread_mutex_unlock(&stats_lock);
 	if (stats_path) {
 		pthread_t t;
 		sigset_t set;
@@ -798,9 +821,10 @@ int main(int argc, char *argv[])
 		ret = 0;
 	if (d.notify)
 		(void)cfsd_notify("STOPPING=1");
-	write_stats(&d);
+	stop_stats(true);
 
 out_unmount:
+	stop_stats(false);
 	if (mounted)
 		fuse_session_unmount(d.se);
 out_session:

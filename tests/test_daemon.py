@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -932,6 +933,37 @@ def test_sigusr1_writes_stats_while_mounted(gen_tree, tmp_path):
         s = _stats(stats)
         assert s["opens_daemon"] == 1 and s["read_bytes"] == (1 << 20) + 1, s
         assert os.path.ismount(fmnt)
+
+
+def test_sigusr1_storm_during_shutdown(gen_tree, tmp_path):
+    """Stats requested over and over while the daemon unmounts and frees its
+    store: the SIGUSR1 thread must never touch what main() has freed (the
+    sanitizer build reports a use after free), and the last stats written
+    are the final ones."""
+    src, img, objs = gen_tree
+    stats = str(tmp_path / "stats")
+    stop = threading.Event()
+
+    def storm(proc):
+        while not stop.is_set() and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.0002)
+
+    with fuse_mount(img, objs, options=["passthrough=off", f"stats_file={stats}"]) as (fmnt, proc):
+        # a served read: the signal mask is in place once requests are answered
+        with open(os.path.join(fmnt, "files/mib1"), "rb") as f:
+            assert len(f.read()) == (1 << 20) + 1
+        t = threading.Thread(target=storm, args=(proc,))
+        t.start()
+        try:
+            time.sleep(0.3)
+            subprocess.run(["fusermount3", "-u", fmnt], check=True)
+            proc.wait(timeout=30)
+        finally:
+            stop.set()
+            t.join()
+    assert _stats(stats)["read_bytes"] == (1 << 20) + 1
 
 
 def _status(pid, key):
