@@ -100,7 +100,7 @@ int cfs_merkle_build_fd(struct cfs_io *io, int fd, uint64_t size,
 int cfs_merkle_from_leaves(uint64_t size, const void *leaves, size_t leaves_len,
 			   const uint8_t expected[CFS_DIGEST_SIZE], struct cfs_merkle **ret_tree);
 
-/* Ask the kernel-level geometry: bytes of the leaf level for @size. */
+/* Bytes of the leaf level of @t (0 for a file of at most one block). */
 uint64_t cfs_merkle_leaf_bytes(const struct cfs_merkle *t);
 
 /* ---- I/O ---- */

@@ -134,11 +134,9 @@ static int merkle_new(uint64_t size, struct cfs_merkle **ret)
 	r = cfs_merkle_geometry(size, t);
 	if (r < 0)
 		return r;
-	r = cfs_merkle_alloc(t);
-	if (r < 0) {
-		free(steal_ptr(&t));
+	r = cfs_merkle_alloc(t); /* leaves nothing allocated when it fails */
+	if (r < 0)
 		return r;
-	}
 	*ret = steal_ptr(&t);
 	return 0;
 }

@@ -128,15 +128,15 @@ static int seg_done(void *userdata, struct cfs_io_seg *seg)
 			if (n < BS)
 				memset(blk + n, 0, BS - n); /* bounce block: room for padding */
 			cfs_sha256(blk, BS, h);
+			/* Go on after a bad block: each one is counted. */
 			if (cfs_merkle_verify_hash(obj->tree, (seg->off + o) / BS, h) < 0) {
 				atomic_fetch_add(&obj->cas->stats.blocks_failed, 1);
 				bad = true;
-				if (direct)
-					memset(blk, 0, n);
 			}
 		}
 	}
 	if (bad) {
+		/* No unverified byte stays in the caller's buffer. */
 		if (direct)
 			memset(seg->buf, 0, seg->len);
 		c->err = seg->res < 0 && seg->res != -EIO ? seg->res : -EIO;
