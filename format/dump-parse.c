@@ -483,6 +483,12 @@ static int resolve_hardlinks(struct parser *ps)
 		if (cfs_node_is_dir(t))
 			return fail(ps, "hard link %s points to a directory (%s)", fx->node->name,
 				    fx->target);
+		/* Point the whole chain at its inode, so that a long chain of
+		 * links to links is followed once, not once per link. */
+		for (struct cfs_node *n = fx->node, *next; n != t; n = next) {
+			next = n->link_to;
+			n->link_to = t;
+		}
 	}
 	return 0;
 }

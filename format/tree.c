@@ -172,11 +172,17 @@ char *cfs_node_path(const struct cfs_node *node)
 
 struct cfs_node *cfs_node_follow(struct cfs_node *node)
 {
-	struct cfs_node *start = node;
+	struct cfs_node *slow = node;
 
+	/* Floyd's cycle finding: a chain may run into a loop that does not
+	 * pass through @node again (a -> b -> c -> b). */
 	while (node->link_to) {
 		node = node->link_to;
-		if (node == start)
+		if (!node->link_to)
+			break;
+		node = node->link_to;
+		slow = slow->link_to;
+		if (slow == node)
 			return NULL;
 	}
 	return node;

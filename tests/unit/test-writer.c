@@ -236,6 +236,14 @@ static void test_parse_errors(void)
 	expect_parse_error("/ 0 40755 1 0 0 0 0.0 - - -\n/a 0 @100644 1 0 0 0 0.0 /nope - -\n",
 			   "no target");
 	expect_parse_error("/ 0 40755 1 0 0 0 0.0 - - -\n/a 1 100644 1 0 0 0 0.0 - - zz\n", "digest");
+	/* A chain that runs into a loop not through its start (this hung). */
+	expect_parse_error("/ 0 40755 1 0 0 0 0.0 - - -\n"
+			   "/a 0 @100644 1 0 0 0 0.0 /b - -\n"
+			   "/b 0 @100644 1 0 0 0 0.0 /c - -\n"
+			   "/c 0 @100644 1 0 0 0 0.0 /b - -\n",
+			   "cycle");
+	expect_parse_error("/ 0 40755 1 0 0 0 0.0 - - -\n/a 0 @100644 1 0 0 0 0.0 /a - -\n",
+			   "self-referential");
 	/* A malformed digest where it is unused is ignored, as upstream does. */
 	cfs_node_free(parse("/ 0 40755 1 0 0 0 0.0 - - zz\n"));
 	/* Strict mode. */
@@ -249,12 +257,41 @@ static void test_parse_errors(void)
 	cfs_node_free(root);
 }
 
+/* Links to links, listed last link first: each must resolve to the inode,
+ * in linear time (this took a minute for 50000 links). */
+static void test_link_chain(void)
+{
+	enum { N = 50000 };
+	size_t cap = 64 * (N + 2), len = 0;
+	char *text = malloc(cap);
+	struct cfs_node *root, *f0;
+	struct buf out = { 0 };
+
+	assert(text);
+	len += (size_t)snprintf(text + len, cap - len, "/ 0 40755 1 0 0 0 0.0 - - -\n");
+	for (unsigned i = N - 1; i > 0; i--)
+		len += (size_t)snprintf(text + len, cap - len,
+					"/f%u 0 @100644 1 0 0 0 0.0 /f%u - -\n", i, i - 1);
+	len += (size_t)snprintf(text + len, cap - len, "/f0 5 100644 1 0 0 0 0.0 - hello -\n");
+	assert(len < cap);
+	root = parse(text);
+	f0 = cfs_node_lookup_child(root, "f0");
+	assert(f0 && !f0->link_to);
+	for (size_t i = 0; i < root->n_children; i++)
+		assert(root->children[i] == f0 || cfs_node_follow(root->children[i]) == f0);
+	assert(write_tree(root, 0, 1, &out, NULL) == 0);
+	cfs_node_free(root);
+	free(out.data);
+	free(text);
+}
+
 int main(void)
 {
 	test_api_equals_dump();
 	test_versions_and_errors();
 	test_xattr_budget();
 	test_parse_errors();
+	test_link_chain();
 	printf("test-writer: all passed\n");
 	return 0;
 }
