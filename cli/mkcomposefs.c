@@ -332,6 +332,9 @@ int main(int argc, char **argv)
 			scan_flags |= CFS_SCAN_USE_EPOCH;
 			break;
 		case OPT_DIGEST_STORE:
+			/* Upstream would fill the current directory. */
+			if (optarg[0] == '\0')
+				die("empty --digest-store path");
 			store = optarg;
 			break;
 		case OPT_PRINT_DIGEST:
