@@ -59,6 +59,14 @@ static double thread_cpu(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Print the speed of @bytes hashed since @w0 (wall) and @t0 (thread CPU). */
+static void sha_report(const char *name, double bytes, double w0, double t0)
+{
+	double t = thread_cpu() - t0, w = now() - w0;
+
+	printf("%s: %.0f MB/s wall, %.0f MB/s per CPU-second\n", name, bytes / w / 1e6, bytes / t / 1e6);
+}
+
 static int cmd_sha(void)
 {
 	static uint8_t blk[4096];
@@ -78,10 +86,7 @@ static int cmd_sha(void)
 		SHA256(blk, sizeof(blk), md);
 		blk[0] = md[0];
 	}
-	t = thread_cpu() - t;
-	w = now() - w;
-	printf("sha256-oneshot-4k: %.0f MB/s wall, %.0f MB/s per CPU-second\n", n * 4096.0 / w / 1e6,
-	       n * 4096.0 / t / 1e6);
+	sha_report("sha256-oneshot-4k", n * 4096.0, w, t);
 
 	w = now();
 	t = thread_cpu();
@@ -91,19 +96,13 @@ static int cmd_sha(void)
 		EVP_DigestFinal_ex(c, md, NULL);
 		blk[0] = md[0];
 	}
-	t = thread_cpu() - t;
-	w = now() - w;
-	printf("sha256-evp-reused-ctx-4k: %.0f MB/s wall, %.0f MB/s per CPU-second\n", n * 4096.0 / w / 1e6,
-	       n * 4096.0 / t / 1e6);
+	sha_report("sha256-evp-reused-ctx-4k", n * 4096.0, w, t);
 
 	w = now();
 	t = thread_cpu();
 	for (int i = 0; i < 1000; i++)
 		SHA256(big, 1 << 20, md);
-	t = thread_cpu() - t;
-	w = now() - w;
-	printf("sha256-oneshot-1m: %.0f MB/s wall, %.0f MB/s per CPU-second\n", 1000.0 * (1 << 20) / w / 1e6,
-	       1000.0 * (1 << 20) / t / 1e6);
+	sha_report("sha256-oneshot-1m", 1000.0 * (1 << 20), w, t);
 	EVP_MD_CTX_free(c);
 	EVP_MD_free(m);
 	free(big);
