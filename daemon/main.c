@@ -40,12 +40,29 @@ static bool log_to_syslog;
 
 static void vlog(enum fuse_log_level lvl, const char *fmt, va_list ap)
 {
-	char buf[2048];
+	static const char hex[] = "0123456789abcdef";
+	char buf[2048], out[4 * sizeof(buf)];
+	size_t j = 0;
+
 	vsnprintf(buf, sizeof(buf), fmt, ap);
+	/* Paths and redirects in messages come from the image and may hold
+	 * any byte: show control characters as \xHH so that one message stays
+	 * one line and no escape sequence reaches a terminal or the journal. */
+	for (const unsigned char *p = (const unsigned char *)buf; *p; p++) {
+		if ((*p < 0x20 && !(*p == '\n' && p[1] == '\0')) || *p == 0x7f) {
+			out[j++] = '\\';
+			out[j++] = 'x';
+			out[j++] = hex[*p >> 4];
+			out[j++] = hex[*p & 15];
+		} else {
+			out[j++] = (char)*p;
+		}
+	}
+	out[j] = '\0';
 	if (log_to_syslog)
-		fuse_log(lvl, "%s", buf);
+		fuse_log(lvl, "%s", out);
 	else
-		fuse_log(lvl, "composefs-fuse: %s", buf);
+		fuse_log(lvl, "composefs-fuse: %s", out);
 }
 
 void cfsd_log(enum fuse_log_level lvl, const char *fmt, ...)

@@ -919,6 +919,26 @@ def test_corrupt_inode_logged_once_with_its_path(tmp_path):
     assert "/d/victim: inode is corrupt" in lines[0], lines
 
 
+def test_log_escapes_control_characters_from_the_image(tmp_path):
+    """A file name is image data: a newline or an escape sequence in it must
+    not split a log message or forge another one."""
+    src, objs = tmp_path / "src", tmp_path / "objs"
+    src.mkdir()
+    objs.mkdir()
+    _w(os.path.join(os.fsencode(src), b"evil\nFAKE: forged\x1b[2J"), b"e" * 10000)
+    img = str(tmp_path / "img.cfs")
+    run([tool("mkcomposefs"), f"--digest-store={objs}", str(src), img])
+    for sub in os.listdir(objs):                   # the object goes missing
+        shutil.rmtree(objs / sub)
+    with fuse_mount(img, str(objs), options=["passthrough=off"]) as (mnt, proc):
+        with pytest.raises(OSError) as e:
+            open(os.path.join(os.fsencode(mnt), b"evil\nFAKE: forged\x1b[2J"), "rb")
+        assert e.value.errno == errno.EIO
+    err = proc.stderr_text
+    assert "/evil\\x0aFAKE: forged\\x1b[2J: cannot open object" in err, err
+    assert not any(l.startswith("FAKE") for l in err.splitlines()) and "\x1b" not in err, err
+
+
 def test_sigusr1_writes_stats_while_mounted(gen_tree, tmp_path):
     src, img, objs = gen_tree
     stats = str(tmp_path / "stats")
