@@ -10,7 +10,9 @@
 
 #include <assert.h>
 #include <endian.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef uint16_t __cfs_le16;
 typedef uint32_t __cfs_le32;
@@ -158,6 +160,63 @@ static inline unsigned erofs_xattr_ibody_size(unsigned icount)
 static inline unsigned erofs_xattr_entry_size(unsigned name_len, unsigned value_size)
 {
 	return (sizeof(struct erofs_disk_xattr_entry) + name_len + value_size + 3) & ~3U;
+}
+
+/* The xattr name bloom filter (EROFS_FEATURE_COMPAT_XATTR_FILTER): bit
+ * xxh32(name suffix, seed + prefix index) % 32 of h_name_filter is CLEAR
+ * when the inode may have that name (kernel fs/erofs/xattr.c). */
+#define EROFS_XATTR_FILTER_BITS 32
+#define EROFS_XATTR_FILTER_SEED 0x25BBE08FU
+
+static inline uint32_t erofs_xxh32_rotl(uint32_t x, unsigned r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static inline uint32_t erofs_xxh32_le32(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return le32toh(v);
+}
+
+/* xxHash32, as the XXH32 specification defines it. */
+static inline uint32_t erofs_xxh32(const void *data, size_t len, uint32_t seed)
+{
+	static const uint32_t P1 = 2654435761U, P2 = 2246822519U, P3 = 3266489917U, P4 = 668265263U,
+			      P5 = 374761393U;
+	const uint8_t *p = data, *end = p + len;
+	uint32_t h;
+
+	if (len >= 16) {
+		uint32_t v[4] = { seed + P1 + P2, seed + P2, seed, seed - P1 };
+
+		for (; end - p >= 16; p += 16)
+			for (int k = 0; k < 4; k++)
+				v[k] = erofs_xxh32_rotl(v[k] + erofs_xxh32_le32(p + 4 * k) * P2, 13) * P1;
+		h = erofs_xxh32_rotl(v[0], 1) + erofs_xxh32_rotl(v[1], 7) + erofs_xxh32_rotl(v[2], 12) +
+		    erofs_xxh32_rotl(v[3], 18);
+	} else {
+		h = seed + P5;
+	}
+	h += (uint32_t)len;
+	for (; end - p >= 4; p += 4)
+		h = erofs_xxh32_rotl(h + erofs_xxh32_le32(p) * P3, 17) * P4;
+	for (; p < end; p++)
+		h = erofs_xxh32_rotl(h + *p * P5, 11) * P1;
+	h ^= h >> 15;
+	h *= P2;
+	h ^= h >> 13;
+	h *= P3;
+	h ^= h >> 16;
+	return h;
+}
+
+static inline uint32_t erofs_xattr_filter_bit(uint8_t index, const void *suffix, size_t len)
+{
+	return 1U << (erofs_xxh32(suffix, len, EROFS_XATTR_FILTER_SEED + index) &
+		      (EROFS_XATTR_FILTER_BITS - 1));
 }
 
 /* Directory blocks: an array of dirents, then their names; the first

@@ -1231,52 +1231,13 @@ int cfs_img_iterate_xattrs(const struct cfs_image *img, const struct cfs_inode *
 	return cfs_img_iterate_raw_xattrs(img, ino, xattr_iter_cb, &c);
 }
 
-/* xxHash32 (the XXH32 specification), for the xattr name filter. */
-static inline uint32_t rotl32(uint32_t x, unsigned r)
-{
-	return (x << r) | (x >> (32 - r));
-}
-
-static uint32_t xxh32(const uint8_t *p, size_t len, uint32_t seed)
-{
-	static const uint32_t P1 = 2654435761U, P2 = 2246822519U, P3 = 3266489917U, P4 = 668265263U,
-			      P5 = 374761393U;
-	const uint8_t *end = p + len;
-	uint32_t h;
-
-	if (len >= 16) {
-		uint32_t v[4] = { seed + P1 + P2, seed + P2, seed, seed - P1 };
-
-		for (; end - p >= 16; p += 16)
-			for (int k = 0; k < 4; k++)
-				v[k] = rotl32(v[k] + get_le32(p + 4 * k) * P2, 13) * P1;
-		h = rotl32(v[0], 1) + rotl32(v[1], 7) + rotl32(v[2], 12) + rotl32(v[3], 18);
-	} else {
-		h = seed + P5;
-	}
-	h += (uint32_t)len;
-	for (; end - p >= 4; p += 4)
-		h = rotl32(h + get_le32(p) * P3, 17) * P4;
-	for (; p < end; p++)
-		h = rotl32(h + *p * P5, 11) * P1;
-	h ^= h >> 15;
-	h *= P2;
-	h ^= h >> 13;
-	h *= P3;
-	h ^= h >> 16;
-	return h;
-}
-
-#define EROFS_XATTR_FILTER_BITS 32
-#define EROFS_XATTR_FILTER_SEED 0x25BBE08FU
-
 /* The inode's bloom filter says the name is certainly absent: a set bit
  * marks a hash no name of the inode has (the kernel's erofs_getxattr()). */
 static bool xattr_filtered_out(const struct cfs_image *img, const struct cfs_inode *ino,
 			       uint8_t index, const char *suffix, size_t suffix_len)
 {
 	const uint8_t *h;
-	uint32_t filter, bit;
+	uint32_t filter;
 
 	if (!img->xattr_filter || ino->xattr_icount == 0)
 		return false;
@@ -1284,9 +1245,7 @@ static bool xattr_filtered_out(const struct cfs_image *img, const struct cfs_ino
 	if (!h)
 		return false; /* the walk reports the damage */
 	filter = get_le32(h);
-	bit = xxh32((const uint8_t *)suffix, suffix_len, EROFS_XATTR_FILTER_SEED + index) &
-	      (EROFS_XATTR_FILTER_BITS - 1);
-	return filter & (1U << bit);
+	return filter & erofs_xattr_filter_bit(index, suffix, suffix_len);
 }
 
 struct xattr_get_ctx {

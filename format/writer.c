@@ -30,73 +30,12 @@
 #define BLKSZ_BITS 12
 #define SLOTSZ EROFS_SLOTSIZE
 
-#define XATTR_FILTER_SEED 0x25BBE08FU
-#define XATTR_FILTER_BITS 32
-
 #define OVL_PREFIX "trusted.overlay."
 #define OVL_ESCAPED_PREFIX "trusted.overlay.overlay."
 
 static inline uint64_t round_up_u64(uint64_t x, uint64_t a)
 {
 	return (x + a - 1) & ~(a - 1);
-}
-
-/* ---- xxh32 (the EROFS xattr name filter hash) -------------------------- */
-
-#define XXH_P1 2654435761U
-#define XXH_P2 2246822519U
-#define XXH_P3 3266489917U
-#define XXH_P4 668265263U
-#define XXH_P5 374761393U
-
-static inline uint32_t rotl32(uint32_t x, unsigned r)
-{
-	return (x << r) | (x >> (32 - r));
-}
-
-static inline uint32_t rd32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static inline uint32_t xxh_round(uint32_t acc, uint32_t lane)
-{
-	return rotl32(acc + lane * XXH_P2, 13) * XXH_P1;
-}
-
-static uint32_t xxh32(const void *data, size_t len, uint32_t seed)
-{
-	const uint8_t *p = data, *end = p + len;
-	uint32_t h;
-
-	if (len >= 16) {
-		uint32_t a = seed + XXH_P1 + XXH_P2, b = seed + XXH_P2, c = seed, d = seed - XXH_P1;
-		while ((size_t)(end - p) >= 16) {
-			a = xxh_round(a, rd32(p));
-			b = xxh_round(b, rd32(p + 4));
-			c = xxh_round(c, rd32(p + 8));
-			d = xxh_round(d, rd32(p + 12));
-			p += 16;
-		}
-		h = rotl32(a, 1) + rotl32(b, 7) + rotl32(c, 12) + rotl32(d, 18);
-	} else {
-		h = seed + XXH_P5;
-	}
-	h += (uint32_t)len;
-	while ((size_t)(end - p) >= 4) {
-		h = rotl32(h + rd32(p) * XXH_P3, 17) * XXH_P4;
-		p += 4;
-	}
-	while (p < end) {
-		h = rotl32(h + *p * XXH_P5, 11) * XXH_P1;
-		p++;
-	}
-	h ^= h >> 15;
-	h *= XXH_P2;
-	h ^= h >> 13;
-	h *= XXH_P3;
-	h ^= h >> 16;
-	return h;
 }
 
 /* ---- xattr names --------------------------------------------------------- */
@@ -872,8 +811,7 @@ static int write_inode(struct wctx *w, struct cfs_node *node)
 		for (size_t i = 0; i < node->n_xattrs; i++) {
 			const char *suffix;
 			uint8_t index = xattr_index(node->xattrs[i].key, &suffix);
-			filter |= 1U << (xxh32(suffix, strlen(suffix), XATTR_FILTER_SEED + index) &
-					 (XATTR_FILTER_BITS - 1));
+			filter |= erofs_xattr_filter_bit(index, suffix, strlen(suffix));
 		}
 		struct erofs_disk_xattr_ibody_header h = {
 			.h_name_filter = htole32(~filter),
