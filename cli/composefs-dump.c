@@ -31,13 +31,17 @@ static void usage(FILE *f)
 		prog);
 }
 
-static const char *reason(int r)
+/* Why the reader failed, with the detail it recorded ("corrupt image:
+ * directory nid 36: bad de[0].nameoff 13 in block 0"). */
+static void die_reader(const char *path, int r, const char *detail)
 {
-	if (r == -EFSCORRUPTED)
-		return "corrupt image";
-	if (r == -EOPNOTSUPP)
-		return "unsupported image feature";
-	return strerror(-r);
+	const char *what = r == -EFSCORRUPTED ? "corrupt image" :
+			   r == -EOPNOTSUPP   ? "unsupported image feature" :
+						strerror(-r);
+
+	if (detail && *detail)
+		die("%s: %s: %s", path, what, detail);
+	die("%s: %s", path, what);
 }
 
 int main(int argc, char **argv)
@@ -46,6 +50,7 @@ int main(int argc, char **argv)
 	_cleanup_(cfs_node_freep) struct cfs_node *root = NULL;
 	_cleanup_free_ char *text = NULL, *err = NULL;
 	struct membuf out = { 0 };
+	struct cfs_img_diag diag;
 	struct cfs_img_info info;
 	size_t text_len = 0;
 	FILE *mem;
@@ -71,10 +76,10 @@ int main(int argc, char **argv)
 	fd = open(argv[1], O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		die("%s: cannot open: %m", argv[1]);
-	r = cfs_img_open_fd(fd, 0, &img);
+	r = cfs_img_open_fd_ex(fd, 0, &diag, &img);
 	close(fd);
 	if (r < 0)
-		die("%s: %s", argv[1], reason(r));
+		die_reader(argv[1], r, diag.reason);
 	cfs_img_get_info(img, &info);
 	if (info.composefs_version > CFS_VERSION_MAX)
 		die("%s: unsupported composefs format version %u", argv[1], info.composefs_version);
@@ -86,7 +91,7 @@ int main(int argc, char **argv)
 	if (fclose(mem) != 0 && r >= 0)
 		r = -ENOMEM;
 	if (r < 0)
-		die("%s: %s", argv[1], reason(r));
+		die_reader(argv[1], r, cfs_img_error_detail());
 
 	r = cfs_dump_parse_mem(text, text_len, 0, &root, &err);
 	if (r < 0)

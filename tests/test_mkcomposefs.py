@@ -141,6 +141,27 @@ def test_composefs_dump_rejects_garbage(tmp):
     assert p.returncode != 0
     assert p.stderr.decode().startswith(f"composefs-dump: {bad}: ")
     assert len(p.stderr.decode().strip().split("\n")) == 1
+    # the reason names what is wrong, not only "corrupt image"
+    assert "EROFS superblock magic" in p.stderr.decode()
+    assert os.listdir(out) == []
+    # damage found while reading the tree is named too: the root
+    # directory's first dirent claims a name offset inside the dirents
+    data = bytearray(open(os.path.join(IMAGES, "special.cfs"), "rb").read())
+    root_nid = int.from_bytes(data[1024 + 14:1024 + 16], "little")
+    ino = 32 * root_nid  # nid 0 is byte 0: meta_blkaddr is 0 in mkcomposefs images
+    isize = 32 if not (data[ino] & 1) else 64
+    icount = int.from_bytes(data[ino + 2:ino + 4], "little")
+    tail = ino + isize + (12 + 4 * (icount - 1) if icount else 0)
+    layout = (data[ino] >> 1) & 7
+    size = int.from_bytes(data[ino + 8:ino + 12], "little")
+    first_block = 4096 * int.from_bytes(data[ino + 16:ino + 20], "little")
+    dirents = tail if layout == 2 and size <= 4096 else first_block
+    data[dirents + 8:dirents + 10] = (13).to_bytes(2, "little")
+    bad.write_bytes(bytes(data))
+    p = run([tool("composefs-dump"), bad, out / "x.cfs"], check=False)
+    err = p.stderr.decode()
+    assert p.returncode != 0 and len(err.strip().split("\n")) == 1, err
+    assert f"composefs-dump: {bad}: corrupt image: directory nid {root_nid}: bad de[0].nameoff 13" in err, err
     assert os.listdir(out) == []
 
 
