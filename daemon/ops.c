@@ -572,15 +572,31 @@ const struct fuse_lowlevel_ops cfsd_ops = {
 };
 
 /* Depth-first search for @nid, for log messages only. */
+#define FIND_MAX_DEPTH 256
+
 struct find_ctx {
 	struct cfsd *d;
 	uint64_t want;
 	char *path;
 	size_t cap, len;
+	uint64_t dirs[FIND_MAX_DEPTH]; /* directories on the current path */
 	unsigned depth;
 	uint64_t budget;
-	bool found;
+	bool found, exhausted;
 };
+
+/* Is @nid the root or a directory on the current path?  Then descending
+ * into it again would loop (a hostile image can make any dirent point to
+ * an ancestor). */
+static bool find_on_path(const struct find_ctx *c, uint64_t nid)
+{
+	if (nid == c->d->root_nid)
+		return true;
+	for (unsigned i = 0; i < c->depth; i++)
+		if (c->dirs[i] == nid)
+			return true;
+	return false;
+}
 
 static int find_visit(void *userdata, const char *name, size_t namelen, uint64_t nid,
 		      unsigned dtype, uint64_t next_cookie)
@@ -588,12 +604,13 @@ static int find_visit(void *userdata, const char *name, size_t namelen, uint64_t
 	struct find_ctx *c = userdata;
 	size_t saved = c->len;
 	struct cfs_inode ci;
-	int r;
 
 	if ((namelen == 1 && name[0] == '.') || (namelen == 2 && name[0] == '.' && name[1] == '.'))
 		return 0;
-	if (c->budget-- == 0)
-		return -ELOOP;
+	if (c->budget-- == 0) {
+		c->exhausted = true;
+		return 1;
+	}
 	if (c->len + 1 + namelen + 1 > c->cap)
 		return 0;
 	c->path[c->len++] = '/';
@@ -604,13 +621,14 @@ static int find_visit(void *userdata, const char *name, size_t namelen, uint64_t
 		c->found = true;
 		return 1;
 	}
-	if (dtype == DT_DIR && c->depth < 256 && cfs_img_read_inode(c->d->img, nid, &ci) >= 0 &&
-	    S_ISDIR(ci.mode)) {
-		c->depth++;
-		r = cfs_img_iterate_dir(c->d->img, &ci, 0, find_visit, c);
+	if (dtype == DT_DIR && c->depth < FIND_MAX_DEPTH && !find_on_path(c, nid) &&
+	    cfs_img_read_inode(c->d->img, nid, &ci) >= 0 && S_ISDIR(ci.mode)) {
+		c->dirs[c->depth++] = nid;
+		/* A corrupt subdirectory only ends its own part of the search. */
+		(void)cfs_img_iterate_dir(c->d->img, &ci, 0, find_visit, c);
 		c->depth--;
-		if (r != 0)
-			return r;
+		if (c->found || c->exhausted)
+			return 1;
 	}
 	c->len = saved;
 	c->path[c->len] = '\0';
@@ -619,8 +637,12 @@ static int find_visit(void *userdata, const char *name, size_t namelen, uint64_t
 
 void cfsd_describe_nid(struct cfsd *d, uint64_t nid, char *buf, size_t bufsz)
 {
+	/* The superblock's inode count is image data (any value): bound the
+	 * walk by the number of 12-byte dirents the image can hold, which a
+	 * tree without loops never exceeds, so a directory loop cannot make
+	 * one log message walk forever. */
 	struct find_ctx c = { .d = d, .want = nid, .path = buf, .cap = bufsz,
-			      .budget = 4 * d->info.inodes + 1024 };
+			      .budget = d->info.image_size / 12 + 1024 };
 	struct cfs_inode root;
 
 	if (bufsz < 32)

@@ -919,6 +919,41 @@ def test_corrupt_inode_logged_once_with_its_path(tmp_path):
     assert "/d/victim: inode is corrupt" in lines[0], lines
 
 
+def test_error_path_lookup_survives_directory_loops(tmp_path):
+    """Naming a corrupt file in the log walks the tree.  A hostile image
+    whose directories loop back (d/a and d/b are d again) and whose
+    superblock claims 2^40 inodes must not make that walk endless."""
+    src = tmp_path / "src"
+    for p in ("d/a", "d/b", "z"):
+        (src / p).mkdir(parents=True)
+    _w(str(src / "z" / "victim"), b"v" * 100)
+    img = str(tmp_path / "img.cfs")
+    run([tool("mkcomposefs"), str(src), img])
+    with fuse_mount(img, options=["passthrough=off"]) as (mnt, proc):
+        nid = {p: os.lstat(os.path.join(mnt, p)).st_ino - 2 for p in ("d", "d/a", "d/b", "z/victim")}
+    data = bytearray(open(img, "rb").read())
+    patched = 0
+    for sub in ("d/a", "d/b"):             # dirents of directories a, b -> d
+        pat = nid[sub].to_bytes(8, "little")
+        i = data.find(pat)
+        while i >= 0:
+            if data[i + 10] == 2:              # EROFS_FT_DIR
+                data[i:i + 8] = nid["d"].to_bytes(8, "little")
+                patched += 1
+            i = data.find(pat, i + 1)
+    assert patched >= 2
+    data[1024 + 16:1024 + 24] = (1 << 40).to_bytes(8, "little")   # inos
+    meta_blkaddr = int.from_bytes(data[1024 + 40:1024 + 44], "little")
+    off = meta_blkaddr * 4096 + nid["z/victim"] * 32
+    data[off] |= 0xe                           # victim: data layout 7
+    _w(img, bytes(data))
+    with fuse_mount(img, options=["passthrough=off"]) as (mnt, proc):
+        p = subprocess.run(["stat", os.path.join(mnt, "z", "victim")], capture_output=True,
+                           timeout=60)
+        assert p.returncode != 0
+    assert "/z/victim: inode is corrupt" in proc.stderr_text, proc.stderr_text
+
+
 def test_log_escapes_control_characters_from_the_image(tmp_path):
     """A file name is image data: a newline or an escape sequence in it must
     not split a log message or forge another one."""
