@@ -400,8 +400,13 @@ static int read_xattrs(struct scan *s, int fd, struct cfs_node *node)
 			vlen = getxattr(path, it, NULL, 0);
 			if (vlen < 0)
 				return -errno;
+			/* With size 0 getxattr() only reports the size: asking
+			 * again would take a value that grew meanwhile as the
+			 * length of a 1-byte buffer. */
+			if (vlen == 0)
+				break;
 			free(value);
-			value = malloc(vlen ? (size_t)vlen : 1);
+			value = malloc((size_t)vlen);
 			if (!value)
 				return -ENOMEM;
 			ssize_t m = getxattr(path, it, value, (size_t)vlen);
