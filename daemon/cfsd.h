@@ -66,14 +66,22 @@ struct cfsd_stats {
 	atomic_uint_fast64_t objects_by_method[CFSD_N_METHODS];
 };
 
+/* Option values, indexed by the enums (the first is the default). */
+static const char *const cfsd_verity_names[] = {
+	[CFSD_VERITY_ON] = "on", [CFSD_VERITY_REQUIRE] = "require", [CFSD_VERITY_OFF] = "off",
+};
+static const char *const cfsd_passthrough_names[] = {
+	[CFSD_PT_AUTO] = "auto", [CFSD_PT_OFF] = "off", [CFSD_PT_ALWAYS] = "always",
+};
+
 static inline const char *cfsd_verity_name(enum cfsd_verity v)
 {
-	return v == CFSD_VERITY_ON ? "on" : v == CFSD_VERITY_OFF ? "off" : "require";
+	return cfsd_verity_names[v];
 }
 
 static inline const char *cfsd_passthrough_name(enum cfsd_passthrough p)
 {
-	return p == CFSD_PT_AUTO ? "auto" : p == CFSD_PT_OFF ? "off" : "always";
+	return cfsd_passthrough_names[p];
 }
 
 struct cfsd_files;

@@ -526,39 +526,44 @@ out:
 	return r;
 }
 
+/* The index of @value in @names, 0 (the default) for NULL; prints the
+ * choices and returns -EINVAL for anything else. */
+static int parse_choice(const char *opt, const char *value, const char *const *names, size_t n)
+{
+	if (!value)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(value, names[i]))
+			return (int)i;
+	fprintf(stderr, "composefs-fuse: %s=%s: expected ", opt, value);
+	for (size_t i = 0; i < n; i++)
+		fprintf(stderr, "%s%s", i == 0 ? "" : i + 1 < n ? ", " : " or ", names[i]);
+	fputc('\n', stderr);
+	return -EINVAL;
+}
+
 /* Decode our own options into @d and @co.  Prints why and returns -EINVAL
  * on a bad value. */
 static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas_options *co)
 {
-	if (!o->verity || !strcmp(o->verity, "on"))
-		d->verity = CFSD_VERITY_ON;
-	else if (!strcmp(o->verity, "require"))
-		d->verity = CFSD_VERITY_REQUIRE;
-	else if (!strcmp(o->verity, "off"))
-		d->verity = CFSD_VERITY_OFF;
-	else {
-		fprintf(stderr, "composefs-fuse: verity=%s: expected on, require or off\n", o->verity);
-		return -EINVAL;
-	}
-	if (!o->passthrough || !strcmp(o->passthrough, "auto"))
-		d->passthrough = CFSD_PT_AUTO;
-	else if (!strcmp(o->passthrough, "off"))
-		d->passthrough = CFSD_PT_OFF;
-	else if (!strcmp(o->passthrough, "always"))
-		d->passthrough = CFSD_PT_ALWAYS;
-	else {
-		fprintf(stderr, "composefs-fuse: passthrough=%s: expected auto, off or always\n",
-			o->passthrough);
-		return -EINVAL;
-	}
-	if (o->io && !strcmp(o->io, "uring"))
-		co->io = CFS_IO_URING;
-	else if (o->io && !strcmp(o->io, "pread"))
-		co->io = CFS_IO_PREAD;
-	else if (o->io && strcmp(o->io, "auto")) {
-		fprintf(stderr, "composefs-fuse: io=%s: expected auto, uring or pread\n", o->io);
-		return -EINVAL;
-	}
+	static const char *const io_names[] = {
+		[CFS_IO_AUTO] = "auto", [CFS_IO_URING] = "uring", [CFS_IO_PREAD] = "pread",
+	};
+	int r;
+
+	r = parse_choice("verity", o->verity, cfsd_verity_names, ARRAY_SIZE(cfsd_verity_names));
+	if (r < 0)
+		return r;
+	d->verity = (enum cfsd_verity)r;
+	r = parse_choice("passthrough", o->passthrough, cfsd_passthrough_names,
+			 ARRAY_SIZE(cfsd_passthrough_names));
+	if (r < 0)
+		return r;
+	d->passthrough = (enum cfsd_passthrough)r;
+	r = parse_choice("io", o->io, io_names, ARRAY_SIZE(io_names));
+	if (r < 0)
+		return r;
+	co->io = (enum cfs_io_backend)r;
 	if (o->tree_cache_size && parse_size(o->tree_cache_size, &co->tree_cache_bytes) < 0) {
 		fprintf(stderr, "composefs-fuse: tree_cache_size=%s: not a size\n", o->tree_cache_size);
 		return -EINVAL;
