@@ -89,7 +89,6 @@ struct cfsd_files;
 struct cfsd {
 	struct cfs_image *img;
 	struct cfs_img_info info;
-	uint64_t root_nid;
 	struct cfs_cas *cas; /* NULL without basedir= */
 	enum cfsd_verity verity;
 	enum cfsd_passthrough passthrough;

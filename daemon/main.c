@@ -602,7 +602,6 @@ static int load_image(struct cfsd *d, const char *image, const char *digest)
 		return r;
 	}
 	cfs_img_get_info(d->img, &d->info);
-	d->root_nid = d->info.root_nid;
 	if (digest) {
 		uint8_t want[CFS_DIGEST_SIZE], got[CFS_DIGEST_SIZE];
 		char hex[2 * CFS_DIGEST_SIZE + 1];

@@ -57,7 +57,7 @@ int cfsd_image_error(struct cfsd *d, uint64_t nid, const char *what, int err)
 int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret)
 {
 	uint64_t nid;
-	int r = cfsd_ino_to_nid(d->root_nid, ino, &nid);
+	int r = cfsd_ino_to_nid(d->info.root_nid, ino, &nid);
 	if (r < 0)
 		return r;
 	r = cfs_img_read_inode(d->img, nid, ret);
@@ -94,7 +94,7 @@ static int check_lookup_data(struct cfsd *d, const struct cfs_inode *ci)
 static void fill_stat(const struct cfsd *d, const struct cfs_inode *ci, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
-	st->st_ino = cfsd_nid_to_ino(d->root_nid, ci->nid);
+	st->st_ino = cfsd_nid_to_ino(d->info.root_nid, ci->nid);
 	st->st_mode = ci->mode;
 	st->st_nlink = ci->nlink;
 	st->st_uid = ci->uid;
@@ -295,7 +295,7 @@ static int readdir_one(void *userdata, const char *name, size_t namelen, uint64_
 			e.ino = 0;
 	} else {
 		memset(&e, 0, sizeof(e));
-		e.attr.st_ino = cfsd_nid_to_ino(c->d->root_nid, nid);
+		e.attr.st_ino = cfsd_nid_to_ino(c->d->info.root_nid, nid);
 		e.attr.st_mode = DTTOIF(dtype);
 	}
 
@@ -590,7 +590,7 @@ struct find_ctx {
  * an ancestor). */
 static bool find_on_path(const struct find_ctx *c, uint64_t nid)
 {
-	if (nid == c->d->root_nid)
+	if (nid == c->d->info.root_nid)
 		return true;
 	for (unsigned i = 0; i < c->depth; i++)
 		if (c->dirs[i] == nid)
@@ -648,7 +648,7 @@ void cfsd_describe_nid(struct cfsd *d, uint64_t nid, char *buf, size_t bufsz)
 	if (bufsz < 32)
 		return;
 	buf[0] = '\0';
-	if (cfs_img_read_inode(d->img, d->root_nid, &root) >= 0)
+	if (cfs_img_read_inode(d->img, d->info.root_nid, &root) >= 0)
 		(void)cfs_img_iterate_dir(d->img, &root, 0, find_visit, &c);
 	if (!c.found)
 		snprintf(buf, bufsz, "nid %llu", (unsigned long long)nid);
