@@ -133,15 +133,8 @@ static int collect_object(void *userdata, const char *path)
 	struct objects *o = userdata;
 	char *dup;
 
-	if (o->n == o->cap) {
-		size_t cap = o->cap ? o->cap * 2 : 64;
-		char **p = realloc(o->paths, cap * sizeof(*p));
-
-		if (!p)
-			return -ENOMEM;
-		o->paths = p;
-		o->cap = cap;
-	}
+	if (CFS_GROW(o->paths, o->cap, o->n + 1) < 0)
+		return -ENOMEM;
 	dup = strdup(path);
 	if (!dup)
 		return -ENOMEM;

@@ -107,14 +107,8 @@ static int collect(struct work *wk, struct cfs_node *node, const char *path)
 			if (r < 0)
 				return r;
 		} else if ((c->mode & S_IFMT) == S_IFREG && c->size > 0) {
-			if (wk->n == wk->cap) {
-				size_t cap = wk->cap ? wk->cap * 2 : 256;
-				struct work_item *n = reallocarray(wk->items, cap, sizeof(*n));
-				if (!n)
-					return -ENOMEM;
-				wk->items = n;
-				wk->cap = cap;
-			}
+			if (CFS_GROW(wk->items, wk->cap, wk->n + 1) < 0)
+				return -ENOMEM;
 			p = path_join(path, c->name);
 			if (!p)
 				return -ENOMEM;

@@ -63,6 +63,30 @@ static inline int steal_fd(int *fd)
 	return v;
 }
 
+/* Make room for @need elements of @size bytes in the array *@p of capacity
+ * *@cap, doubling it (from 16).  Returns 0, or -ENOMEM with the array left
+ * as it was.  Use through CFS_GROW(). */
+static inline int cfs_grow(void **p, size_t *cap, size_t need, size_t size)
+{
+	size_t n = *cap ? *cap : 16;
+	void *q;
+
+	if (need <= *cap)
+		return 0;
+	while (n < need) {
+		if (n > SIZE_MAX / 2)
+			return -ENOMEM;
+		n *= 2;
+	}
+	q = reallocarray(*p, n, size);
+	if (!q)
+		return -ENOMEM;
+	*p = q;
+	*cap = n;
+	return 0;
+}
+#define CFS_GROW(array, cap, need) cfs_grow((void **)&(array), &(cap), (need), sizeof(*(array)))
+
 /* Define foo_unrefp() for use with _cleanup_() from foo_unref(). */
 #define CFS_DEFINE_CLEANUP(type, func)                 \
 	static inline void func##p(type *p)            \

@@ -54,7 +54,7 @@ struct cfs_node {
 	char *payload;             /* symlink target or backing path "xx/yyyy..." */
 	uint8_t *content;          /* inline content of @size bytes, or NULL */
 	struct cfs_xattr *xattrs;
-	size_t n_xattrs;
+	size_t n_xattrs, xattrs_cap;
 	size_t xattr_budget;       /* upstream's conservative size accounting */
 	bool digest_set;
 	uint8_t digest[CFS_DIGEST_SIZE];

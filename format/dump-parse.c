@@ -282,15 +282,9 @@ static int tree_add(struct parser *ps, const char *path, struct cfs_node *node)
 
 static int add_fixup(struct parser *ps, struct cfs_node *node, char *target)
 {
-	if (ps->n_fixups == ps->fixups_cap) {
-		size_t cap = ps->fixups_cap ? ps->fixups_cap * 2 : 16;
-		struct fixup *f = reallocarray(ps->fixups, cap, sizeof(*f));
-		if (!f) {
-			free(target);
-			return fail(ps, "out of memory");
-		}
-		ps->fixups = f;
-		ps->fixups_cap = cap;
+	if (CFS_GROW(ps->fixups, ps->fixups_cap, ps->n_fixups + 1) < 0) {
+		free(target);
+		return fail(ps, "out of memory");
 	}
 	ps->fixups[ps->n_fixups++] = (struct fixup){ .node = node, .target = target };
 	return 0;

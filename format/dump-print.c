@@ -54,7 +54,7 @@ struct dnode {
 	bool digest_set;
 	uint8_t digest[CFS_DIGEST_SIZE];
 	struct dxattr *xattrs;
-	size_t n_xattrs;
+	size_t n_xattrs, cap_xattrs;
 	size_t xattr_size;      /* upstream's accounting, see node_set_xattr() */
 };
 
@@ -174,12 +174,11 @@ static int node_set_xattr(struct dnode *n, char *name, const uint8_t *value, siz
 		return cfs_img_fail(-EFBIG, "inode nid %llu: xattrs too large for a dump",
 				    (unsigned long long)n->nid);
 	}
-	x = realloc(n->xattrs, (n->n_xattrs + 1) * sizeof(*x));
-	if (!x) {
+	if (CFS_GROW(n->xattrs, n->cap_xattrs, n->n_xattrs + 1) < 0) {
 		free(name);
 		return -ENOMEM;
 	}
-	n->xattrs = x;
+	x = n->xattrs;
 	x[n->n_xattrs++] = (struct dxattr){ name, value, len };
 	n->xattr_size += entry;
 	return 0;
@@ -347,15 +346,8 @@ static int load_inode(struct loader *l, const struct cfs_inode *ino, struct dnod
 
 static int add_child(struct dnode *parent, struct dnode *child)
 {
-	if (parent->n_children == parent->cap_children) {
-		size_t cap = parent->cap_children ? parent->cap_children * 2 : 16;
-		struct dnode **c = realloc(parent->children, cap * sizeof(*c));
-
-		if (!c)
-			return -ENOMEM;
-		parent->children = c;
-		parent->cap_children = cap;
-	}
+	if (CFS_GROW(parent->children, parent->cap_children, parent->n_children + 1) < 0)
+		return -ENOMEM;
 	parent->children[parent->n_children++] = child;
 	child->parent = parent;
 	return 0;
@@ -447,12 +439,9 @@ static int load_tree(const struct cfs_image *img, const char *const *toplevel, s
 		goto out;
 	}
 
-	cap = 16;
-	stack = malloc(cap * sizeof(*stack));
-	if (!stack) {
-		r = -ENOMEM;
+	r = CFS_GROW(stack, cap, 1);
+	if (r < 0)
 		goto out;
-	}
 	stack[depth++] = (struct frame){ root, ino, 0 };
 
 	while (depth > 0) {
@@ -525,16 +514,9 @@ static int load_tree(const struct cfs_image *img, const char *const *toplevel, s
 			goto out;
 		}
 		if (S_ISDIR(cino.mode)) {
-			if (depth == cap) {
-				struct frame *s = realloc(stack, cap * 2 * sizeof(*s));
-
-				if (!s) {
-					r = -ENOMEM;
-					goto out;
-				}
-				stack = s;
-				cap *= 2;
-			}
+			r = CFS_GROW(stack, cap, depth + 1);
+			if (r < 0)
+				goto out;
 			stack[depth++] = (struct frame){ child, cino, 0 };
 		}
 	}
@@ -707,15 +689,13 @@ typedef int (*walk_fn)(void *userdata, const struct dnode *n, const char *path);
 static int walk(const struct dnode *root, walk_fn fn, void *userdata)
 {
 	struct walk_frame *stack = NULL;
-	size_t depth = 0, cap = 16, path_cap = 256;
+	size_t depth = 0, cap = 0, path_cap = 0;
 	char *path = NULL;
-	int r = -ENOMEM;
+	int r;
 
-	stack = malloc(cap * sizeof(*stack));
-	path = malloc(path_cap);
-	if (!stack || !path)
+	r = CFS_GROW(stack, cap, 1);
+	if (r < 0)
 		goto out;
-	path[0] = '\0';
 	stack[depth++] = (struct walk_frame){ root, 0, 0 };
 
 	while (depth > 0) {
@@ -730,33 +710,18 @@ static int walk(const struct dnode *root, walk_fn fn, void *userdata)
 		c = f->node->children[f->next_child++];
 		nl = strlen(c->name);
 		len = f->path_len + 1 + nl;
-		if (len + 1 > path_cap) {
-			char *p;
-
-			while (len + 1 > path_cap)
-				path_cap *= 2;
-			p = realloc(path, path_cap);
-			if (!p)
-				goto out;
-			path = p;
-		}
-		path[f->path_len] = '/';
-		memcpy(path + f->path_len + 1, c->name, nl + 1);
+		/* (an allocation failure used to return the last fn() result) */
+		r = cfs_path_append(&path, &path_cap, f->path_len, c->name, nl);
+		if (r < 0)
+			goto out;
 
 		r = fn(userdata, c, path);
 		if (r < 0)
 			goto out;
 		if (c->n_children) {
-			if (depth == cap) {
-				struct walk_frame *s = realloc(stack, cap * 2 * sizeof(*s));
-
-				if (!s) {
-					r = -ENOMEM;
-					goto out;
-				}
-				stack = s;
-				cap *= 2;
-			}
+			r = CFS_GROW(stack, cap, depth + 1);
+			if (r < 0)
+				goto out;
 			stack[depth++] = (struct walk_frame){ c, 0, len };
 		}
 	}

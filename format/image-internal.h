@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cfs-image.h"
 
@@ -37,3 +38,19 @@ uint64_t cfs_img_dirent_budget(const struct cfs_image *img);
 
 /* Record a description for cfs_img_error_detail() and return @err. */
 int cfs_img_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Put "/NAME" at @at of the path buffer *@path (capacity *@cap), growing
+ * it, and NUL-terminate it.  For the walks that keep one path buffer and
+ * a stack of prefix lengths.  Returns 0 or -ENOMEM. */
+static inline int cfs_path_append(char **path, size_t *cap, size_t at, const char *name,
+				  size_t namelen)
+{
+	int r = cfs_grow((void **)path, cap, at + namelen + 2, 1);
+
+	if (r < 0)
+		return r;
+	(*path)[at] = '/';
+	memcpy(*path + at + 1, name, namelen);
+	(*path)[at + 1 + namelen] = '\0';
+	return 0;
+}

@@ -842,7 +842,7 @@ int cfs_img_walk(const struct cfs_image *img, cfs_walk_fn fn, void *userdata)
 	_cleanup_free_ struct walk_frame *stack = NULL;
 	_cleanup_free_ uint8_t *visited = NULL;
 	_cleanup_free_ char *path = NULL;
-	size_t depth = 0, cap = 16, path_cap = 512;
+	size_t depth = 0, cap = 0, path_cap = 0;
 	uint64_t nslots = (img->size - img->meta_off) >> EROFS_ISLOTBITS;
 	uint64_t budget = cfs_img_dirent_budget(img);
 	struct cfs_inode root;
@@ -853,9 +853,7 @@ int cfs_img_walk(const struct cfs_image *img, cfs_walk_fn fn, void *userdata)
 		return r;
 	/* One bit per possible nid: nid_to_off() bounds nids by the image. */
 	visited = calloc(nslots / 8 + 1, 1);
-	stack = malloc(cap * sizeof(*stack));
-	path = malloc(path_cap);
-	if (!visited || !stack || !path)
+	if (!visited || CFS_GROW(stack, cap, 1) < 0 || CFS_GROW(path, path_cap, 1) < 0)
 		return -ENOMEM;
 	visited[root.nid / 8] |= 1U << (root.nid % 8);
 	path[0] = '\0';
@@ -888,32 +886,15 @@ int cfs_img_walk(const struct cfs_image *img, cfs_walk_fn fn, void *userdata)
 		visited[e.nid / 8] |= 1U << (e.nid % 8);
 
 		len = f->pathlen + 1 + e.namelen;
-		if (len + 1 > path_cap) {
-			char *p;
-
-			while (len + 1 > path_cap)
-				path_cap *= 2;
-			p = realloc(path, path_cap);
-			if (!p)
-				return -ENOMEM;
-			path = p;
-		}
-		path[f->pathlen] = '/';
-		memcpy(path + f->pathlen + 1, e.name, e.namelen);
-		path[len] = '\0';
+		if (cfs_path_append(&path, &path_cap, f->pathlen, e.name, e.namelen) < 0)
+			return -ENOMEM;
 
 		r = fn(userdata, &f->dir, path, len, path + f->pathlen + 1, e.namelen, &ino, first);
 		if (r != 0)
 			return r;
 		if (first && S_ISDIR(ino.mode)) {
-			if (depth == cap) {
-				struct walk_frame *ns = realloc(stack, cap * 2 * sizeof(*ns));
-
-				if (!ns)
-					return -ENOMEM;
-				stack = ns;
-				cap *= 2;
-			}
+			if (CFS_GROW(stack, cap, depth + 1) < 0)
+				return -ENOMEM;
 			stack[depth++] = (struct walk_frame){ ino, 0, len };
 		}
 	}

@@ -127,14 +127,8 @@ int cfs_node_add_child(struct cfs_node *parent, struct cfs_node *child, const ch
 		return -EMLINK;
 	if (bsearch_child(parent, name, &pos))
 		return -EEXIST;
-	if (parent->n_children == parent->children_cap) {
-		size_t cap = parent->children_cap ? parent->children_cap * 2 : 16;
-		struct cfs_node **n = reallocarray(parent->children, cap, sizeof(*n));
-		if (!n)
-			return -ENOMEM;
-		parent->children = n;
-		parent->children_cap = cap;
-	}
+	if (CFS_GROW(parent->children, parent->children_cap, parent->n_children + 1) < 0)
+		return -ENOMEM;
 	dup = strdup(name);
 	if (!dup)
 		return -ENOMEM;
@@ -277,10 +271,9 @@ int cfs_node_set_xattr(struct cfs_node *node, const char *key, const void *value
 	if (node->xattr_budget + cost > CFS_XATTR_EXTERNAL_MAX)
 		return -ERANGE;
 
-	xs = reallocarray(node->xattrs, node->n_xattrs + 1, sizeof(*xs));
-	if (!xs)
+	if (CFS_GROW(node->xattrs, node->xattrs_cap, node->n_xattrs + 1) < 0)
 		return -ENOMEM;
-	node->xattrs = xs;
+	xs = node->xattrs;
 	k = strdup(key);
 	v = malloc(len ? len : 1);
 	if (!k || !v) {
@@ -513,16 +506,9 @@ static int read_dir_names(int dfd, char ***ret_names, size_t *ret_n)
 		}
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
-		if (n == cap) {
-			size_t c = cap ? cap * 2 : 32;
-			char **nn = reallocarray(names, c, sizeof(*nn));
-			if (!nn) {
-				r = -ENOMEM;
-				break;
-			}
-			names = nn;
-			cap = c;
-		}
+		r = CFS_GROW(names, cap, n + 1);
+		if (r < 0)
+			break;
 		names[n] = strdup(de->d_name);
 		if (!names[n]) {
 			r = -ENOMEM;
