@@ -318,14 +318,23 @@ static void write_stats_locked(void)
 {
 	_cleanup_free_ char *tmp = NULL;
 	FILE *f;
+	int fd;
 
 	if (!stats_path || !stats_d)
 		return;
 	if (asprintf(&tmp, "%s.tmp.%ld", stats_path, (long)getpid()) < 0)
 		return;
-	f = fopen(tmp, "we");
+	/* The name is predictable and the directory may be shared (/tmp): never
+	 * write through a file or symlink someone else put there. */
+	(void)unlink(tmp);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	f = fd >= 0 ? fdopen(fd, "w") : NULL;
 	if (!f) {
 		cfsd_log(FUSE_LOG_WARNING, "stats_file '%s': %m\n", tmp);
+		if (fd >= 0) {
+			close(fd);
+			unlink(tmp);
+		}
 		return;
 	}
 	cfsd_stats_print(stats_d, f);

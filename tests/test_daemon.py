@@ -990,6 +990,23 @@ def test_sigusr1_writes_stats_while_mounted(gen_tree, tmp_path):
         assert os.path.ismount(fmnt)
 
 
+def test_stats_file_not_written_through_a_planted_symlink(gen_tree, tmp_path):
+    """The temporary stats file has a predictable name: a symlink planted
+    there must not make the daemon (root) write through it."""
+    src, img, objs = gen_tree
+    stats, victim = str(tmp_path / "stats"), str(tmp_path / "victim")
+    _w(victim, b"precious")
+    with fuse_mount(img, objs, options=["passthrough=off", f"stats_file={stats}"]) as (fmnt, proc):
+        os.listdir(fmnt)                       # requests answered: SIGUSR1 is handled
+        os.symlink(victim, f"{stats}.tmp.{proc.pid}")
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(stats) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.islink(stats) and "opens_image" in _stats(stats)
+    assert open(victim, "rb").read() == b"precious"
+
+
 def test_sigusr1_storm_during_shutdown(gen_tree, tmp_path):
     """Stats requested over and over while the daemon unmounts and frees its
     store: the SIGUSR1 thread must never touch what main() has freed (the
