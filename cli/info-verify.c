@@ -43,7 +43,7 @@ struct vobject {
 	uint64_t size;
 	enum obj_status status;
 	int error;
-	struct vobject *hash_next;
+	size_t hash_next;        /* index + 1 of the next in its bucket, 0: none */
 };
 
 struct vref {                    /* one image path using an object */
@@ -57,7 +57,7 @@ struct verify_ctx {
 	size_t nobjs, cap_objs;
 	struct vref *refs;
 	size_t nrefs, cap_refs;
-	struct vobject **buckets;
+	size_t *buckets;         /* index + 1 of the first object, 0: none */
 	size_t nbuckets;
 	uint64_t total_bytes;
 
@@ -93,31 +93,23 @@ static int add_object(struct verify_ctx *c, const struct cfs_backing *b, uint64_
 	if (!red)
 		len = 0;
 	h = obj_hash(red, len, b->has_digest ? b->digest : NULL);
-	for (o = c->buckets[h % c->nbuckets]; o; o = o->hash_next) {
+	for (size_t i = c->buckets[h % c->nbuckets]; i; i = o->hash_next) {
+		o = &c->objs[i - 1];
 		if (o->has_digest != b->has_digest || o->size != size || o->redirect_len != len ||
 		    memcmp(o->redirect, red ? red : "", len) != 0 ||
 		    (b->has_digest && memcmp(o->digest, b->digest, CFS_DIGEST_SIZE) != 0))
 			continue;
-		*ret = (size_t)(o - c->objs);
+		*ret = i - 1;
 		return 0;
 	}
 	if (c->nobjs == c->cap_objs) {
 		size_t n = c->cap_objs ? c->cap_objs * 2 : 256;
-		struct vobject *no = realloc(c->objs, n * sizeof(*no));
+		struct vobject *no = reallocarray(c->objs, n, sizeof(*no));
 
 		if (!no)
 			return -ENOMEM;
-		/* the hash chains hold pointers: rebuild them */
-		c->objs = no;
+		c->objs = no; /* the chains hold indexes: nothing to fix up */
 		c->cap_objs = n;
-		memset(c->buckets, 0, c->nbuckets * sizeof(*c->buckets));
-		for (size_t i = 0; i < c->nobjs; i++) {
-			struct vobject *x = &c->objs[i];
-			uint64_t xh = obj_hash(x->redirect, x->redirect_len, x->has_digest ? x->digest : NULL);
-
-			x->hash_next = c->buckets[xh % c->nbuckets];
-			c->buckets[xh % c->nbuckets] = x;
-		}
 	}
 	o = &c->objs[c->nobjs];
 	memset(o, 0, sizeof(*o));
@@ -130,7 +122,7 @@ static int add_object(struct verify_ctx *c, const struct cfs_backing *b, uint64_
 		memcpy(o->digest, b->digest, CFS_DIGEST_SIZE);
 	o->size = size;
 	o->hash_next = c->buckets[h % c->nbuckets];
-	c->buckets[h % c->nbuckets] = o;
+	c->buckets[h % c->nbuckets] = c->nobjs + 1;
 	c->total_bytes += size;
 	*ret = c->nobjs++;
 	return 0;
@@ -156,7 +148,7 @@ static int walk_fn(void *userdata, const struct cfs_inode *dir, const char *path
 		return r;
 	if (c->nrefs == c->cap_refs) {
 		size_t n = c->cap_refs ? c->cap_refs * 2 : 256;
-		struct vref *nr = realloc(c->refs, n * sizeof(*nr));
+		struct vref *nr = reallocarray(c->refs, n, sizeof(*nr));
 
 		if (!nr)
 			return -ENOMEM;
