@@ -203,6 +203,26 @@ static void object_name(const struct cfs_backing *b, char *buf, size_t bufsz)
 	}
 }
 
+/* Why cfs_cas_open_object() or cfs_object_pread() failed, in words. */
+static const char *object_error(int r, bool reading)
+{
+	switch (r) {
+	case -EIO:
+		return reading ? "data does not match the fs-verity digest (or the object changed size)"
+			       : "size or content does not match the image (fs-verity digest)";
+	case -ENOENT:
+		return "not in any basedir";
+	case -EPERM:
+		return "refused (a path leaving the store, a symlink, or not a regular file)";
+	case -EINVAL:
+		return "the redirect is not the path of the fs-verity digest";
+	case -EFBIG:
+		return "too large for an in-memory Merkle tree";
+	default:
+		return strerror(-r);
+	}
+}
+
 static void log_datapath(struct cfsd *d, bool passthrough, enum cfs_verify_method m)
 {
 	bool expected = false;
@@ -280,7 +300,7 @@ fail_msg:
 		cfsd_describe_nid(d, ci->nid, where, sizeof(where));
 		cfsd_log(FUSE_LOG_ERR, "%s: cannot open object %s: %s\n", where, what,
 			 !b.redirect ? "no redirect (the kernel mount cannot look it up either)" :
-			 !d->cas && r == -ENOENT ? "no basedir= given" : strerror(-r));
+			 !d->cas && r == -ENOENT ? "no basedir= given" : object_error(r, false));
 	}
 	return r == -ENOMEM ? -ENOMEM : -EIO;
 }
@@ -391,7 +411,7 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 					object_name(&b, what, sizeof(what));
 				cfsd_log(FUSE_LOG_ERR,
 					 "%s: read of object %s at offset %lld (%zu bytes) failed: %s\n",
-					 where, what, (long long)off, size, strerror((int)-n));
+					 where, what, (long long)off, size, object_error((int)n, true));
 			}
 			return (void)fuse_reply_err(req, n == -ENOMEM ? ENOMEM : EIO);
 		}

@@ -971,6 +971,7 @@ def test_log_escapes_control_characters_from_the_image(tmp_path):
         assert e.value.errno == errno.EIO
     err = proc.stderr_text
     assert "/evil\\x0aFAKE: forged\\x1b[2J: cannot open object" in err, err
+    assert "not in any basedir" in err, err
     assert not any(l.startswith("FAKE") for l in err.splitlines()) and "\x1b" not in err, err
 
 
