@@ -5,6 +5,8 @@ xattrs, same content; verified reads; startup errors; readiness; shutdown."""
 import contextlib
 import errno
 import glob
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -952,6 +954,33 @@ def test_error_path_lookup_survives_directory_loops(tmp_path):
                            timeout=60)
         assert p.returncode != 0
     assert "/z/victim: inode is corrupt" in proc.stderr_text, proc.stderr_text
+
+
+def test_kernel_verity_not_taken_from_a_fuse_store(tmp_path):
+    """A FUSE filesystem forwards FS_IOC_MEASURE_VERITY to its server, which
+    may answer any digest while serving other data: the store must not even
+    ask a FUSE filesystem (a store served by composefs-fuse itself here),
+    and then verifies in userspace."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(300000)
+    _w(str(src / "f"), data)
+    img, objs = build_image(str(src), str(tmp_path))
+    obj = object_of(img, "f")
+    digest = obj.replace("/", "")
+    # an image of the store itself: the FUSE mount shows the same xx/yyyy files
+    img2 = str(tmp_path / "store.cfs")
+    run([tool("mkcomposefs"), objs, img2])
+    with fuse_mount(img2, objs, options=["passthrough=off"]) as (fstore, proc):
+        assert open(os.path.join(fstore, obj), "rb").read() == data
+        p = run([tool("cas-tool"), "read", "--method=kernel", fstore, obj, digest, len(data)],
+                check=False)
+        head = json.loads(p.stdout.decode().splitlines()[0])
+        assert head["open"] == -errno.EOPNOTSUPP, head     # not the server's ENOTTY/ENOSYS
+        p = run([tool("cas-tool"), "read", fstore, obj, digest, len(data)])
+        lines = [json.loads(x) for x in p.stdout.decode().splitlines()]
+        assert lines[0]["open"] == 0 and lines[0]["method"] == "userspace", lines[0]
+        assert lines[1]["res"] == len(data) and lines[1]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_log_escapes_control_characters_from_the_image(tmp_path):
