@@ -139,7 +139,7 @@ int cfs_io_read_segs(struct cfs_io *io, int fd, struct cfs_io_seg *segs, unsigne
 
 /* Sequential reader with read-ahead, for building trees. */
 struct cfs_seqreader;
-int cfs_seqreader_new(struct cfs_io *io, int fd, uint64_t size, struct cfs_seqreader **ret);
+int cfs_seqreader_new(struct cfs_io *io, int fd, uint64_t size, struct cfs_seqreader **ret_reader);
 /* Exactly @count bytes, in order; -EIO if the file ends early. */
 int cfs_seqreader_read(struct cfs_seqreader *r, void *buf, size_t count);
 /* 0 if the file ends exactly at the size given, -EIO if it goes on. */

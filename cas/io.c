@@ -76,7 +76,7 @@ static void ring_thread_exit(void *p)
 	ring_destroy(r);
 }
 
-static int ring_create(struct cfs_io *io, struct cfs_io_ring **ret)
+static int ring_create(struct cfs_io *io, struct cfs_io_ring **ret_ring)
 {
 	struct cfs_io_ring *r = calloc(1, sizeof(*r));
 	int err;
@@ -99,7 +99,7 @@ static int ring_create(struct cfs_io *io, struct cfs_io_ring **ret)
 		r->next->prev = r;
 	io->rings = r;
 	pthread_mutex_unlock(&io->lock);
-	*ret = r;
+	*ret_ring = r;
 	return 0;
 }
 
@@ -320,7 +320,7 @@ static int seq_reap(struct cfs_seqreader *r, bool wait)
 }
 #endif
 
-int cfs_seqreader_new(struct cfs_io *io, int fd, uint64_t size, struct cfs_seqreader **ret)
+int cfs_seqreader_new(struct cfs_io *io, int fd, uint64_t size, struct cfs_seqreader **ret_reader)
 {
 	struct cfs_seqreader *r = calloc(1, sizeof(*r));
 	unsigned depth;
@@ -351,7 +351,7 @@ int cfs_seqreader_new(struct cfs_io *io, int fd, uint64_t size, struct cfs_seqre
 			(void)io_uring_submit(&r->ring->ring);
 	}
 #endif
-	*ret = r;
+	*ret_reader = r;
 	return 0;
 }
 

@@ -124,7 +124,7 @@ struct cfs_merkle *cfs_merkle_free(struct cfs_merkle *t)
 	return NULL;
 }
 
-static int merkle_new(uint64_t size, struct cfs_merkle **ret)
+static int merkle_new(uint64_t size, struct cfs_merkle **ret_tree)
 {
 	_cleanup_(cfs_merkle_freep) struct cfs_merkle *t = calloc(1, sizeof(*t));
 	int r;
@@ -137,7 +137,7 @@ static int merkle_new(uint64_t size, struct cfs_merkle **ret)
 	r = cfs_merkle_alloc(t); /* leaves nothing allocated when it fails */
 	if (r < 0)
 		return r;
-	*ret = steal_ptr(&t);
+	*ret_tree = steal_ptr(&t);
 	return 0;
 }
 

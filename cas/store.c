@@ -125,19 +125,19 @@ const char *cfs_cas_io_backend(const struct cfs_cas *cas)
 	return cas->io.backend == CFS_IO_URING ? "io_uring" : "pread";
 }
 
-void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret)
+void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret_stats)
 {
-	memset(ret, 0, sizeof(*ret));
-	ret->objects_opened = atomic_load(&cas->stats.objects_opened);
-	ret->trees_built = atomic_load(&cas->stats.trees_built);
-	ret->trees_from_memory = atomic_load(&cas->stats.trees_from_memory);
-	ret->trees_from_disk = atomic_load(&cas->stats.trees_from_disk);
-	ret->trees_rejected = atomic_load(&cas->stats.trees_rejected);
-	ret->trees_written = atomic_load(&cas->stats.trees_written);
-	ret->tree_write_errors = atomic_load(&cas->stats.tree_write_errors);
-	ret->blocks_failed = atomic_load(&cas->stats.blocks_failed);
+	memset(ret_stats, 0, sizeof(*ret_stats));
+	ret_stats->objects_opened = atomic_load(&cas->stats.objects_opened);
+	ret_stats->trees_built = atomic_load(&cas->stats.trees_built);
+	ret_stats->trees_from_memory = atomic_load(&cas->stats.trees_from_memory);
+	ret_stats->trees_from_disk = atomic_load(&cas->stats.trees_from_disk);
+	ret_stats->trees_rejected = atomic_load(&cas->stats.trees_rejected);
+	ret_stats->trees_written = atomic_load(&cas->stats.trees_written);
+	ret_stats->tree_write_errors = atomic_load(&cas->stats.tree_write_errors);
+	ret_stats->blocks_failed = atomic_load(&cas->stats.blocks_failed);
 	pthread_mutex_lock(&cas->lock);
-	ret->lru_bytes = cas->trees.bytes;
+	ret_stats->lru_bytes = cas->trees.bytes;
 	pthread_mutex_unlock(&cas->lock);
 }
 
@@ -165,7 +165,7 @@ int cfs_tree_cache_default_dir(char **ret_dir)
  * one leading '/' is stripped (overlayfs redirects are absolute within the
  * data layer); then no empty, "." or ".." component and no NUL byte.
  */
-static int normalize_redirect(const char *redirect, size_t len, char **ret)
+static int normalize_redirect(const char *redirect, size_t len, char **ret_key)
 {
 	const char *p, *end;
 	char *s;
@@ -196,7 +196,7 @@ static int normalize_redirect(const char *redirect, size_t len, char **ret)
 	s = strndup(redirect, len);
 	if (!s)
 		return -ENOMEM;
-	*ret = s;
+	*ret_key = s;
 	return 0;
 }
 

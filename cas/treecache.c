@@ -60,7 +60,7 @@ static int mkdir_parents(const char *path)
 /* The absolute, symlink-free path @path will have once created: the real
  * path of its longest existing prefix plus the missing components (which
  * may not be "." or ".."). */
-static int resolve_future_path(const char *path, char **ret)
+static int resolve_future_path(const char *path, char **ret_path)
 {
 	_cleanup_free_ char *p = strdup(path), *real = NULL;
 	const char *tail = NULL;
@@ -105,7 +105,7 @@ static int resolve_future_path(const char *path, char **ret)
 	} else {
 		out = steal_ptr(&real);
 	}
-	*ret = out;
+	*ret_path = out;
 	return 0;
 }
 

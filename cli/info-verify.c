@@ -79,7 +79,7 @@ static uint64_t obj_hash(const char *redirect, size_t len, const uint8_t *digest
 	return h;
 }
 
-static int add_object(struct verify_ctx *c, const struct cfs_backing *b, uint64_t size, size_t *ret)
+static int add_object(struct verify_ctx *c, const struct cfs_backing *b, uint64_t size, size_t *ret_index)
 {
 	const char *red = b->redirect;
 	size_t len = b->redirect_len;
@@ -99,7 +99,7 @@ static int add_object(struct verify_ctx *c, const struct cfs_backing *b, uint64_
 		    memcmp(o->redirect, red ? red : "", len) != 0 ||
 		    (b->has_digest && memcmp(o->digest, b->digest, CFS_DIGEST_SIZE) != 0))
 			continue;
-		*ret = i - 1;
+		*ret_index = i - 1;
 		return 0;
 	}
 	if (c->nobjs == c->cap_objs) {
@@ -124,7 +124,7 @@ static int add_object(struct verify_ctx *c, const struct cfs_backing *b, uint64_
 	o->hash_next = c->buckets[h % c->nbuckets];
 	c->buckets[h % c->nbuckets] = c->nobjs + 1;
 	c->total_bytes += size;
-	*ret = c->nobjs++;
+	*ret_index = c->nobjs++;
 	return 0;
 }
 

@@ -116,7 +116,7 @@ int cfsd_notify(const char *msg);
 /* ops.c */
 extern const struct fuse_lowlevel_ops cfsd_ops;
 /* Read inode @ino into @ret.  -ESTALE/-EFSCORRUPTED on bad numbers. */
-int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret);
+int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret_inode);
 /* Best effort: the path of @nid in the image for log messages ("/a/b"), or
  * "nid N" if it cannot be found.  Walks the tree; only used on errors. */
 void cfsd_describe_nid(struct cfsd *d, uint64_t nid, char *buf, size_t bufsz);

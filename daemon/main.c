@@ -200,7 +200,7 @@ static void usage(const char *prog)
 	       prog, prog);
 }
 
-static int parse_size(const char *s, uint64_t *ret)
+static int parse_size(const char *s, uint64_t *ret_size)
 {
 	char *end;
 	unsigned long long v;
@@ -218,13 +218,13 @@ static int parse_size(const char *s, uint64_t *ret)
 	}
 	if (*end || (shift && v > (UINT64_MAX >> shift)))
 		return -EINVAL;
-	*ret = (uint64_t)v << shift;
+	*ret_size = (uint64_t)v << shift;
 	return 0;
 }
 
 /* Resolve every directory of a colon-separated list; a missing one is an
  * error naming it. */
-static int resolve_basedirs(const char *list, char **ret)
+static int resolve_basedirs(const char *list, char **ret_list)
 {
 	_cleanup_free_ char *copy = strdup(list), *out = NULL;
 	size_t outlen = 0;
@@ -260,7 +260,7 @@ static int resolve_basedirs(const char *list, char **ret)
 		fprintf(stderr, "composefs-fuse: basedir= is empty\n");
 		return -EINVAL;
 	}
-	*ret = steal_ptr(&out);
+	*ret_list = steal_ptr(&out);
 	return 0;
 }
 
@@ -283,17 +283,17 @@ static char *absolute_path(const char *path)
  * ~/.cache), or /var/cache/composefs-fuse for root when neither variable is
  * set (system services).  NULL (no persistence) for an ordinary user without
  * either; -ENOMEM only on allocation failure. */
-static int default_tree_cache(char **ret)
+static int default_tree_cache(char **ret_dir)
 {
-	int r = cfs_tree_cache_default_dir(ret);
+	int r = cfs_tree_cache_default_dir(ret_dir);
 
 	if (r != -ENOENT)
 		return r;
-	*ret = NULL;
+	*ret_dir = NULL;
 	if (geteuid() != 0)
 		return 0;
-	*ret = strdup("/var/cache/composefs-fuse");
-	return *ret ? 0 : -ENOMEM;
+	*ret_dir = strdup("/var/cache/composefs-fuse");
+	return *ret_dir ? 0 : -ENOMEM;
 }
 
 static const char *image_error(int r)

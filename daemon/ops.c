@@ -54,22 +54,22 @@ int cfsd_image_error(struct cfsd *d, uint64_t nid, const char *what, int err)
 	return EIO;
 }
 
-int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret)
+int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret_inode)
 {
 	uint64_t nid;
 	int r = cfsd_ino_to_nid(d->info.root_nid, ino, &nid);
 	if (r < 0)
 		return r;
-	r = cfs_img_read_inode(d->img, nid, ret);
+	r = cfs_img_read_inode(d->img, nid, ret_inode);
 	return r < 0 ? -cfsd_image_error(d, nid, "inode", r) : 0;
 }
 
-static int get_dir(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret)
+static int get_dir(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret_inode)
 {
-	int r = cfsd_get_inode(d, ino, ret);
+	int r = cfsd_get_inode(d, ino, ret_inode);
 	if (r < 0)
 		return r;
-	return S_ISDIR(ret->mode) ? 0 : -ENOTDIR;
+	return S_ISDIR(ret_inode->mode) ? 0 : -ENOTDIR;
 }
 
 static bool is_whiteout(const struct cfs_inode *ci)
