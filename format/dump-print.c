@@ -55,6 +55,8 @@ struct dnode {
 	uint8_t digest[CFS_DIGEST_SIZE];
 	struct dxattr *xattrs;
 	size_t n_xattrs, cap_xattrs;
+	uint32_t *xslots;       /* name -> xattrs index + 1, see xslot_find() */
+	size_t n_xslots, used_xslots;
 	size_t xattr_size;      /* upstream's accounting, see node_set_xattr() */
 };
 
@@ -87,6 +89,7 @@ static void dnode_free(struct dnode *n)
 		for (size_t i = 0; i < n->n_xattrs; i++)
 			free(n->xattrs[i].name);
 		free(n->xattrs);
+		free(n->xslots);
 		free(n->children);
 		free(n->name);
 		free(n->payload);
@@ -143,12 +146,66 @@ static int nid_insert(struct loader *l, uint64_t nid, struct dnode *node)
 	return 0;
 }
 
+/* An inode's xattrs by name: open addressing over n->xslots, whose values
+ * are an index into n->xattrs plus one, XSLOT_EMPTY or XSLOT_GONE (a
+ * removed name).  A hostile image may give one inode thousands of xattrs,
+ * so that a linear search per xattr would make loading quadratic. */
+#define XSLOT_EMPTY 0
+#define XSLOT_GONE UINT32_MAX
+
+static size_t xname_hash(const char *s)
+{
+	uint64_t h = UINT64_C(0xcbf29ce484222325); /* FNV-1a */
+
+	for (; *s; s++)
+		h = (h ^ (uint8_t)*s) * UINT64_C(0x100000001b3);
+	return (size_t)(h ^ (h >> 32));
+}
+
+/* The slot holding @name, or the empty slot where its probe ends. */
+static size_t xslot_find(const struct dnode *n, const char *name)
+{
+	size_t mask = n->n_xslots - 1;
+
+	for (size_t i = xname_hash(name) & mask;; i = (i + 1) & mask) {
+		uint32_t v = n->xslots[i];
+
+		if (v == XSLOT_EMPTY)
+			return i;
+		if (v != XSLOT_GONE && strcmp(n->xattrs[v - 1].name, name) == 0)
+			return i;
+	}
+}
+
+/* Keep at least half of the slots empty (removed ones count as used). */
+static int xslots_reserve(struct dnode *n)
+{
+	size_t want = 16;
+	uint32_t *old = n->xslots;
+
+	if (old && (n->used_xslots + 1) * 2 <= n->n_xslots)
+		return 0;
+	while (want < (n->n_xattrs + 1) * 4)
+		want *= 2;
+	n->xslots = calloc(want, sizeof(*n->xslots));
+	if (!n->xslots) {
+		n->xslots = old;
+		return -ENOMEM;
+	}
+	free(old);
+	n->n_xslots = want;
+	for (size_t i = 0; i < n->n_xattrs; i++)
+		n->xslots[xslot_find(n, n->xattrs[i].name)] = (uint32_t)i + 1;
+	n->used_xslots = n->n_xattrs;
+	return 0;
+}
+
 /* Upstream's lcfs_node_set_xattr_internal(): replace by name (the last
  * entry moves into the freed slot), with a per-inode size budget. */
 static int node_set_xattr(struct dnode *n, char *name, const uint8_t *value, size_t len)
 {
 	const size_t meta = 2 * 4 - 1; /* twice the entry header, minus 1 for alignment */
-	size_t namelen = strlen(name), entry;
+	size_t namelen = strlen(name), entry, slot;
 	struct dxattr *x;
 
 	if (namelen == 0 || namelen > XATTR_NAME_MAX_LEN) {
@@ -156,15 +213,23 @@ static int node_set_xattr(struct dnode *n, char *name, const uint8_t *value, siz
 		return cfs_img_fail(-EFSCORRUPTED, "inode nid %llu: xattr name of %zu bytes",
 				    (unsigned long long)n->nid, namelen);
 	}
-	for (size_t i = 0; i < n->n_xattrs; i++) {
-		if (strcmp(n->xattrs[i].name, name) != 0)
-			continue;
+	if (xslots_reserve(n) < 0) {
+		free(name);
+		return -ENOMEM;
+	}
+	slot = xslot_find(n, name);
+	if (n->xslots[slot] != XSLOT_EMPTY) {
+		size_t i = n->xslots[slot] - 1, last = n->n_xattrs - 1;
 		size_t old = meta + strlen(n->xattrs[i].name) + n->xattrs[i].len;
+
+		n->xslots[slot] = XSLOT_GONE;
+		if (i != last)
+			n->xslots[xslot_find(n, n->xattrs[last].name)] = (uint32_t)i + 1;
 		free(n->xattrs[i].name);
-		n->xattrs[i] = n->xattrs[n->n_xattrs - 1];
+		n->xattrs[i] = n->xattrs[last];
 		n->n_xattrs--;
 		n->xattr_size = n->n_xattrs ? n->xattr_size - old : 0;
-		break;
+		slot = xslot_find(n, name);
 	}
 	entry = meta + namelen + len;
 	if (n->n_xattrs == 0)
@@ -180,6 +245,8 @@ static int node_set_xattr(struct dnode *n, char *name, const uint8_t *value, siz
 	}
 	x = n->xattrs;
 	x[n->n_xattrs++] = (struct dxattr){ name, value, len };
+	n->xslots[slot] = (uint32_t)n->n_xattrs;
+	n->used_xslots++;
 	n->xattr_size += entry;
 	return 0;
 }

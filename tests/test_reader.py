@@ -584,6 +584,46 @@ def test_duplicate_xattr_names_follow_upstream(tmp):
     assert got == [want]
 
 
+def test_many_duplicate_xattr_names_follow_upstream(tmp):
+    """The same with hundreds of xattrs on one inode (the printer looks
+    names up in a hash table once an inode has many) and many names made
+    duplicates, each of which moves the current last xattr."""
+    n = 600
+    names = [f"user.a{k:04d}" for k in range(n)]
+    dump = tmp / "many.dump"
+    dump.write_text("/ 0 40755 2 0 0 0 0.0 - - -\n/f 0 100644 1 0 0 0 0.0 - - - "
+                    + " ".join(f"{x}=v{k}" for k, x in enumerate(names)) + "\n")
+    img = tmp / "many.cfs"
+    run([tool("mkcomposefs"), "--from-file", dump, img])
+    data = bytearray(img.read_bytes())
+    rng = random.Random(7)
+    renames = {}
+    for k in rng.sample(range(n), 150):
+        renames[names[k]] = names[rng.randrange(n)]
+    # the image keeps each inode's xattrs sorted by name, as the dump lists them
+    order, pos = [], data.find(b"a0000")
+    assert pos > 0 and data.find(b"a0000", pos + 1) < 0
+    for k, x in enumerate(names):
+        new = renames.get(x, x)
+        pos = data.find(x[5:].encode(), pos)
+        assert pos > 0
+        data[pos:pos + 5] = new[5:].encode()
+        order.append((new, f"v{k}"))
+    img.write_bytes(bytes(data))
+    xattrs = []
+    for name, value in order:
+        for k, (m, _) in enumerate(xattrs):
+            if m == name:
+                xattrs[k] = xattrs[-1]
+                xattrs.pop()
+                break
+        xattrs.append((name, value))
+    got = [l for l in info("dump", img).stdout.decode().splitlines() if l.startswith("/f ")]
+    assert len(got) == 1
+    assert got[0].split(" ")[11:] == [f"{m}={v}" for m, v in xattrs]
+    assert len(xattrs) < n - 50  # many names really collided
+
+
 def test_duplicate_names_in_a_directory_are_refused(tmp):
     i = Image(open(RICH, "rb").read())
     d = i.find("inline")
