@@ -555,6 +555,21 @@ def rename_in_place(img, start, length, old, new):
     img.data[start + k:start + k + len(old)] = new
 
 
+def upstream_set_xattrs(pairs):
+    """The xattr list upstream's lcfs_node_set_xattr() leaves after setting
+    PAIRS in turn: a name set again replaces its entry, whose slot the
+    current last entry takes, and is appended."""
+    xattrs = []
+    for name, value in pairs:
+        for k, (m, _) in enumerate(xattrs):
+            if m == name:
+                xattrs[k] = xattrs[-1]
+                xattrs.pop()
+                break
+        xattrs.append((name, value))
+    return xattrs
+
+
 def test_duplicate_xattr_names_follow_upstream(tmp):
     """Two xattrs of one inode with the same name: upstream's reader replaces
     the first (moving its last xattr into the freed slot) and appends the
@@ -567,17 +582,11 @@ def test_duplicate_xattr_names_follow_upstream(tmp):
 
     line = [l for l in dump_text(RICH).decode("latin-1").splitlines() if l.startswith("/xattrs ")][0]
     fields = line.split(" ")
-    xattrs = []  # upstream's lcfs_node_set_xattr() on the renamed list
+    renamed = []
     for x in fields[11:]:
         name, value = x.split("=", 1)
-        if name == "user.v05":
-            name = "user.v03"
-        for k, (n, _) in enumerate(xattrs):
-            if n == name:
-                xattrs[k] = xattrs[-1]
-                xattrs.pop()
-                break
-        xattrs.append((name, value))
+        renamed.append(("user.v03" if name == "user.v05" else name, value))
+    xattrs = upstream_set_xattrs(renamed)
     want = " ".join(fields[:11] + [f"{n}={v}" for n, v in xattrs])
     got = [l for l in info("dump", img).stdout.decode("latin-1").splitlines()
            if l.startswith("/xattrs ")]
@@ -610,14 +619,7 @@ def test_many_duplicate_xattr_names_follow_upstream(tmp):
         data[pos:pos + 5] = new[5:].encode()
         order.append((new, f"v{k}"))
     img.write_bytes(bytes(data))
-    xattrs = []
-    for name, value in order:
-        for k, (m, _) in enumerate(xattrs):
-            if m == name:
-                xattrs[k] = xattrs[-1]
-                xattrs.pop()
-                break
-        xattrs.append((name, value))
+    xattrs = upstream_set_xattrs(order)
     got = [l for l in info("dump", img).stdout.decode().splitlines() if l.startswith("/f ")]
     assert len(got) == 1
     assert got[0].split(" ")[11:] == [f"{m}={v}" for m, v in xattrs]
