@@ -206,6 +206,9 @@ static int parse_size(const char *s, uint64_t *ret_size)
 	unsigned long long v;
 	unsigned shift = 0;
 
+	/* strtoull() would take "-1" (as the largest value) and spaces. */
+	if (*s < '0' || *s > '9')
+		return -EINVAL;
 	errno = 0;
 	v = strtoull(s, &end, 10);
 	if (errno || end == s)

@@ -655,6 +655,11 @@ def test_startup_errors(gen_tree, tmp_path):
     _fails_before_mount(lambda m: [img, img], "not a directory", tmp_path)
     _fails_before_mount(lambda m: ["-o", "verity=maybe", img, m], "verity=maybe", tmp_path)
     _fails_before_mount(lambda m: ["-o", "bogus_option", img, m], "bogus_option", tmp_path)
+    _fails_before_mount(lambda m: ["-o", "tree_cache_size=-1", img, m], "tree_cache_size=-1",
+                        tmp_path)
+    _fails_before_mount(lambda m: ["-o", "tree_cache_size=16X", img, m], "not a size", tmp_path)
+    _fails_before_mount(lambda m: ["-o", "io=fast", img, m], "expected auto, uring or pread",
+                        tmp_path)
 
 
 def test_right_digest_mounts(gen_tree):
