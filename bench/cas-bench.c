@@ -158,35 +158,50 @@ static int open_obj(struct cfs_cas *cas, struct cfs_object **ret)
 	return r;
 }
 
+/* The fastest of several runs (wall seconds) and the CPU seconds it took. */
+struct best_run {
+	double wall, cpu;
+	double wall0, cpu0;
+};
+
+static void run_start(struct best_run *b)
+{
+	b->cpu0 = cpu_seconds();
+	b->wall0 = now();
+}
+
+static void run_stop(struct best_run *b)
+{
+	double w = now() - b->wall0, c = cpu_seconds() - b->cpu0;
+
+	if (b->wall == 0 || w < b->wall) {
+		b->wall = w;
+		b->cpu = c;
+	}
+}
+
 /* Full tree build: a fresh store each run (no LRU), no persisted cache. */
 static int cmd_build(void)
 {
-	double best = 0, cpu_best = 0;
+	struct best_run b = { 0 };
 	const char *backend = "?";
 
 	for (int i = 0; i < arg.runs; i++) {
 		_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = NULL;
 		_cleanup_(cfs_object_unrefp) struct cfs_object *obj = NULL;
-		double t, c;
 
 		if (arg.cold)
 			drop_cache();
 		if (open_cas(NULL, &cas) < 0)
 			return 1;
 		backend = cfs_cas_io_backend(cas);
-		c = cpu_seconds();
-		t = now();
+		run_start(&b);
 		if (open_obj(cas, &obj) < 0)
 			return 1;
-		t = now() - t;
-		c = cpu_seconds() - c;
-		if (best == 0 || t < best) {
-			best = t;
-			cpu_best = c;
-		}
+		run_stop(&b);
 	}
 	printf("build-%s-%s: %.0f MB/s wall, %.0f MB/s per CPU-second (%.3f s for %" PRIu64 " bytes)\n",
-	       backend, arg.cold ? "cold" : "warm", arg.size / best / 1e6, arg.size / cpu_best / 1e6, best,
+	       backend, arg.cold ? "cold" : "warm", arg.size / b.wall / 1e6, arg.size / b.cpu / 1e6, b.wall,
 	       arg.size);
 	return 0;
 }
@@ -221,7 +236,7 @@ static int cmd_read(void)
 {
 	_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = NULL;
 	_cleanup_(cfs_object_unrefp) struct cfs_object *obj = NULL;
-	double best = 0, cpu_best = 0;
+	struct best_run b = { 0 };
 	pthread_t th[64];
 	struct reader rd[64];
 
@@ -230,33 +245,31 @@ static int cmd_read(void)
 	if (open_cas(NULL, &cas) < 0 || open_obj(cas, &obj) < 0)
 		return 1;
 	for (int i = 0; i < arg.runs; i++) {
-		double t, c;
+		int started = 0, err = 0;
 
 		if (arg.cold)
 			drop_cache();
-		c = cpu_seconds();
-		t = now();
-		for (int j = 0; j < arg.threads; j++) {
-			rd[j] = (struct reader){ .obj = obj };
-			pthread_create(&th[j], NULL, read_all, &rd[j]);
+		run_start(&b);
+		for (; started < arg.threads; started++) {
+			rd[started] = (struct reader){ .obj = obj };
+			err = -pthread_create(&th[started], NULL, read_all, &rd[started]);
+			if (err < 0)
+				break;
 		}
-		for (int j = 0; j < arg.threads; j++) {
+		for (int j = 0; j < started; j++) {
 			pthread_join(th[j], NULL);
-			if (rd[j].err < 0) {
-				fprintf(stderr, "cas-bench: read failed: %s\n", strerror(-rd[j].err));
-				return 1;
-			}
+			if (rd[j].err < 0 && err == 0)
+				err = rd[j].err;
 		}
-		t = now() - t;
-		c = cpu_seconds() - c;
-		if (best == 0 || t < best) {
-			best = t;
-			cpu_best = c;
+		if (err < 0) {
+			fprintf(stderr, "cas-bench: read failed: %s\n", strerror(-err));
+			return 1;
 		}
+		run_stop(&b);
 	}
 	printf("read-%s-%s-bs%" PRIu64 "-threads%d: %.0f MB/s wall, %.0f MB/s per CPU-second\n",
 	       cfs_cas_io_backend(cas), arg.cold ? "cold" : "warm", arg.bs, arg.threads,
-	       arg.size * (double)arg.threads / best / 1e6, arg.size * (double)arg.threads / cpu_best / 1e6);
+	       arg.size * (double)arg.threads / b.wall / 1e6, arg.size * (double)arg.threads / b.cpu / 1e6);
 	return 0;
 }
 
