@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #ifndef EFSCORRUPTED
@@ -63,13 +64,15 @@ static inline int steal_fd(int *fd)
 	return v;
 }
 
-/* Make room for @need elements of @size bytes in the array *@p of capacity
- * *@cap, doubling it (from 16).  Returns 0, or -ENOMEM with the array left
- * as it was.  Use through CFS_GROW(). */
-static inline int cfs_grow(void **p, size_t *cap, size_t need, size_t size)
+/* Make room for @need elements of @size bytes in the array whose pointer
+ * is at @parray (a T **) and whose capacity is *@cap, doubling it (from
+ * 16).  Returns 0, or -ENOMEM with the array left as it was.  The pointer
+ * is read and written with memcpy() so that any T * can be passed without
+ * breaking strict aliasing.  Use through CFS_GROW(). */
+static inline int cfs_grow(void *parray, size_t *cap, size_t need, size_t size)
 {
 	size_t n = *cap ? *cap : 16;
-	void *q;
+	void *p, *q;
 
 	if (need <= *cap)
 		return 0;
@@ -78,14 +81,15 @@ static inline int cfs_grow(void **p, size_t *cap, size_t need, size_t size)
 			return -ENOMEM;
 		n *= 2;
 	}
-	q = reallocarray(*p, n, size);
+	memcpy(&p, parray, sizeof(p));
+	q = reallocarray(p, n, size);
 	if (!q)
 		return -ENOMEM;
-	*p = q;
+	memcpy(parray, &q, sizeof(q));
 	*cap = n;
 	return 0;
 }
-#define CFS_GROW(array, cap, need) cfs_grow((void **)&(array), &(cap), (need), sizeof(*(array)))
+#define CFS_GROW(array, cap, need) cfs_grow(&(array), &(cap), (need), sizeof(*(array)))
 
 /* Define foo_unrefp() for use with _cleanup_() from foo_unref(). */
 #define CFS_DEFINE_CLEANUP(type, func)                 \

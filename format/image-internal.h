@@ -45,7 +45,7 @@ int cfs_img_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2,
 static inline int cfs_path_append(char **path, size_t *cap, size_t at, const char *name,
 				  size_t namelen)
 {
-	int r = cfs_grow((void **)path, cap, at + namelen + 2, 1);
+	int r = cfs_grow(path, cap, at + namelen + 2, 1);
 
 	if (r < 0)
 		return r;
