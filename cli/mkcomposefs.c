@@ -141,7 +141,9 @@ static int read_exact(int fd, void *buf, size_t len)
 
 static int process_item(struct work *wk, struct work_item *it, const char **ret_what)
 {
-	_cleanup_close_ int fd = open(it->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	/* O_NONBLOCK: a file replaced by a FIFO since the scan must not
+	 * block the open (it is refused just below). */
+	_cleanup_close_ int fd = open(it->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	struct cfs_node *node = it->node;
 	char hex[2 * CFS_DIGEST_SIZE + 1];
 	struct stat st;
@@ -150,6 +152,11 @@ static int process_item(struct work *wk, struct work_item *it, const char **ret_
 	*ret_what = "cannot open";
 	if (fd < 0)
 		return -errno;
+	*ret_what = "changed while building the image";
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != node->size)
+		return -ESTALE;
 	if (node->size <= CFS_INLINE_SCAN_MAX) {
 		uint8_t buf[CFS_INLINE_SCAN_MAX];
 		*ret_what = "cannot read";
@@ -162,11 +169,6 @@ static int process_item(struct work *wk, struct work_item *it, const char **ret_
 		memcpy(node->content, buf, (size_t)node->size);
 		return 0;
 	}
-	*ret_what = "changed while building the image";
-	if (fstat(fd, &st) < 0)
-		return -errno;
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != node->size)
-		return -ESTALE;
 	*ret_what = "cannot compute fs-verity digest";
 	r = cfs_fsverity_digest_fd(fd, node->digest);
 	if (r < 0)
