@@ -130,7 +130,7 @@ void cfsd_files_free(struct cfsd *d)
 bool cfsd_first_error(struct cfsd *d, uint64_t key)
 {
 	struct cfsd_files *f = d->files;
-	bool first = true;
+	bool first = true, now_full = false;
 
 	pthread_mutex_lock(&f->lock);
 	for (size_t i = 0; i < f->n_logged; i++) {
@@ -139,9 +139,17 @@ bool cfsd_first_error(struct cfsd *d, uint64_t key)
 			break;
 		}
 	}
-	if (first && f->n_logged < LOGGED_MAX)
+	if (first && f->n_logged < LOGGED_MAX) {
 		f->logged[f->n_logged++] = key;
+		now_full = f->n_logged == LOGGED_MAX;
+	} else if (first) {
+		/* Full: log no more, or a hostile image with many bad inodes
+		 * would have every request log and walk the tree for a name. */
+		first = false;
+	}
 	pthread_mutex_unlock(&f->lock);
+	if (now_full)
+		cfsd_log(FUSE_LOG_WARNING, "%d objects with errors logged: no more are\n", LOGGED_MAX);
 	return first;
 }
 
