@@ -926,6 +926,44 @@ def test_corrupt_inode_logged_once_with_its_path(tmp_path):
     assert "/d/victim: inode is corrupt" in lines[0], lines
 
 
+def test_error_log_is_bounded(tmp_path):
+    """Errors are logged once per object and for at most 4096 objects: an
+    image with more bad inodes than that must not make every later request
+    log (and search the tree for a path to name)."""
+    src = tmp_path / "src"
+    (src / "m").mkdir(parents=True)
+    n = 4200
+    for i in range(n):
+        _w(str(src / "m" / f"f{i}"), b"x")
+    img = str(tmp_path / "img.cfs")
+    run([tool("mkcomposefs"), str(src), img])
+    with fuse_mount(img, options=["passthrough=off"]) as (mnt, proc):
+        nids = [e.inode() - 2 for e in os.scandir(os.path.join(mnt, "m"))]
+    assert len(nids) == n
+    data = bytearray(open(img, "rb").read())
+    meta_blkaddr = int.from_bytes(data[1024 + 40:1024 + 44], "little")
+    for nid in nids:
+        data[meta_blkaddr * 4096 + nid * 32] |= 0xe          # data layout 7: none such
+    _w(img, bytes(data))
+    mnt, log = str(tmp_path / "mnt"), str(tmp_path / "log")
+    os.mkdir(mnt)
+    with open(log, "w") as err:                # more than a pipe holds
+        proc = subprocess.Popen([tool("composefs-fuse"), "-f", "-o", "passthrough=off,timeout=0",
+                                 img, mnt], stderr=err)
+        try:
+            wait_for_mount(proc, mnt)
+            for i in range(n):
+                with pytest.raises(OSError):
+                    os.lstat(os.path.join(mnt, "m", f"f{i}"))
+        finally:
+            subprocess.run(["fusermount3", "-u", mnt])
+            assert proc.wait(timeout=60) == 0
+    lines = open(log).read().splitlines()
+    assert not any(SUSPICIOUS.search(l) for l in lines), lines[-20:]
+    assert sum("is corrupt" in l for l in lines) == 4096, lines[-5:]
+    assert sum("no more are" in l for l in lines) == 1
+
+
 def test_error_path_lookup_survives_directory_loops(tmp_path):
     """Naming a corrupt file in the log walks the tree.  A hostile image
     whose directories loop back (d/a and d/b are d again) and whose
