@@ -102,15 +102,9 @@ static int add_object(struct verify_ctx *c, const struct cfs_backing *b, uint64_
 		*ret_index = i - 1;
 		return 0;
 	}
-	if (c->nobjs == c->cap_objs) {
-		size_t n = c->cap_objs ? c->cap_objs * 2 : 256;
-		struct vobject *no = reallocarray(c->objs, n, sizeof(*no));
-
-		if (!no)
-			return -ENOMEM;
-		c->objs = no; /* the chains hold indexes: nothing to fix up */
-		c->cap_objs = n;
-	}
+	/* the chains hold indexes: a moved array needs no fix-up */
+	if (CFS_GROW(c->objs, c->cap_objs, c->nobjs + 1) < 0)
+		return -ENOMEM;
 	o = &c->objs[c->nobjs];
 	memset(o, 0, sizeof(*o));
 	o->redirect = red ? strndup(red, len) : strdup("");
@@ -146,15 +140,8 @@ static int walk_fn(void *userdata, const struct cfs_inode *dir, const char *path
 	r = add_object(c, &b, ino->size, &idx);
 	if (r < 0)
 		return r;
-	if (c->nrefs == c->cap_refs) {
-		size_t n = c->cap_refs ? c->cap_refs * 2 : 256;
-		struct vref *nr = reallocarray(c->refs, n, sizeof(*nr));
-
-		if (!nr)
-			return -ENOMEM;
-		c->refs = nr;
-		c->cap_refs = n;
-	}
+	if (CFS_GROW(c->refs, c->cap_refs, c->nrefs + 1) < 0)
+		return -ENOMEM;
 	c->refs[c->nrefs].path = strndup(path, pathlen);
 	if (!c->refs[c->nrefs].path)
 		return -ENOMEM;

@@ -443,17 +443,8 @@ static int listxattr_one(void *userdata, const char *name, const uint8_t *value,
 	if (!v)
 		return 0;
 	n = strlen(v) + 1;
-	if (c->used + n > c->cap) {
-		size_t ncap = c->cap ? c->cap * 2 : 256;
-		char *nb;
-		while (ncap < c->used + n)
-			ncap *= 2;
-		nb = realloc(c->buf, ncap);
-		if (!nb)
-			return -ENOMEM;
-		c->buf = nb;
-		c->cap = ncap;
-	}
+	if (CFS_GROW(c->buf, c->cap, c->used + n) < 0)
+		return -ENOMEM;
 	memcpy(c->buf + c->used, v, n);
 	c->used += n;
 	return 0;
