@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -69,13 +70,35 @@ def kernel_mount(image, objects):
         shutil.rmtree(top, ignore_errors=True)
 
 
-def wait_for_mount(proc, mnt, timeout=20):
+def drain(stream):
+    """Collect a pipe in the background, so that a chatty daemon never
+    blocks on a full pipe; returns a function giving all text so far (after
+    waiting briefly for the writer to finish when it has exited)."""
+    chunks = []
+
+    def pump():
+        for line in stream:
+            chunks.append(line)
+
+    th = threading.Thread(target=pump, daemon=True)
+    th.start()
+
+    def text(wait=10):
+        th.join(wait)
+        return "".join(chunks)
+    return text
+
+
+def wait_for_mount(proc, mnt, timeout=20, stderr_text=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if os.path.ismount(mnt):
             return
         if proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else ""
+            if stderr_text:
+                err = stderr_text()
+            else:
+                err = proc.stderr.read() if proc.stderr else ""
             pytest.fail(f"daemon exited {proc.returncode} before mounting: {err}")
         time.sleep(0.05)
     pytest.fail(f"{mnt} not mounted after {timeout}s")
@@ -97,8 +120,9 @@ def fuse_mount(image, basedir=None, options=(), mnt=None, env=None, preexec_fn=N
     args += [image, mnt]
     proc = subprocess.Popen([str(a) for a in args], stderr=subprocess.PIPE, text=True,
                             env=env, preexec_fn=preexec_fn)
+    stderr_text = drain(proc.stderr)
     try:
-        wait_for_mount(proc, mnt)
+        wait_for_mount(proc, mnt, stderr_text=stderr_text)
         yield mnt, proc
     finally:
         if os.path.ismount(mnt):
@@ -108,7 +132,7 @@ def fuse_mount(image, basedir=None, options=(), mnt=None, env=None, preexec_fn=N
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
-        err = proc.stderr.read()
+        err = stderr_text()
         proc.stderr_text = err  # for tests that check the daemon's log
         if own:
             os.rmdir(mnt)
