@@ -632,9 +632,15 @@ def test_read_only(gen_tree):
 def _fails_before_mount(args, what, tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir(exist_ok=True)
-    p = run([tool("composefs-fuse"), "-f", *args(str(mnt))], check=False, timeout=30)
+    try:
+        p = run([tool("composefs-fuse"), "-f", *args(str(mnt))], check=False, timeout=30)
+    finally:
+        # A daemon that wrongly mounted and was killed must not leave its mount behind.
+        mounted = os.path.ismount(mnt)
+        if mounted:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+    assert not mounted
     assert p.returncode != 0
-    assert not os.path.ismount(mnt)
     err = p.stderr.decode()
     assert what in err, err
     assert len(err.strip().splitlines()) == 1, err
