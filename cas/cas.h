@@ -155,5 +155,7 @@ int cfs_fsverity_digest_mem(const void *data, size_t size, uint8_t ret_digest[CF
 /* Put the content of @src_fd into the store at @store_dir under @digest
  * (xx/yyyy...): reflink where possible, else copy; write a temporary file
  * then rename, never overwrite an existing object; enable fs-verity where
- * the filesystem supports it (failure to do so is not an error). */
+ * the filesystem supports it (failure to do so is not an error).  The copy
+ * is hashed before it is linked in: -ESTALE, and nothing left in the store,
+ * when its content is not the one @digest names (the source changed). */
 int cfs_store_import(const char *store_dir, int src_fd, const uint8_t digest[CFS_DIGEST_SIZE]);

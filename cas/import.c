@@ -3,9 +3,13 @@
  * Adding a file to the object store under its fs-verity digest:
  * STORE/xx/yyyy... (first two hex digits, then the other 62).  The object is
  * written to a temporary file in its final directory (reflinked when the
- * filesystem can, else copied), flushed, given fs-verity where the
- * filesystem supports it, and only then linked in under its name without
- * replacing an existing object, so a crash never leaves a partial object.
+ * filesystem can, else copied), hashed again, flushed, given fs-verity
+ * where the filesystem supports it, and only then linked in under its name
+ * without replacing an existing object, so a crash never leaves a partial
+ * object.  The digest is taken from the copy itself, not trusted from the
+ * caller: a source that changed after the caller hashed it would otherwise
+ * leave an object whose content does not match its name, and since objects
+ * are never replaced, it would stay wrong for good.
  */
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -55,7 +59,7 @@ static int copy_data(int src, int dst, uint64_t size)
 			return r;
 		in += n;
 	}
-	return (uint64_t)in == size ? 0 : -EIO; /* the source changed size under us */
+	return (uint64_t)in == size ? 0 : -ESTALE; /* the source changed size under us */
 }
 
 static void try_enable_verity(int dirfd, const char *name)
@@ -127,14 +131,21 @@ int cfs_store_import(const char *store_dir, int src_fd, const uint8_t digest[CFS
 		r = copy_data(src_fd, tfd, (uint64_t)sst.st_size);
 	else
 		r = 0;
+	if (r >= 0 && fstat(tfd, &st) < 0)
+		r = -errno;
+	if (r >= 0 && st.st_size != sst.st_size)
+		r = -ESTALE;
+	if (r >= 0) {
+		uint8_t got[CFS_DIGEST_SIZE];
+
+		r = cfs_fsverity_digest_fd(tfd, got);
+		if (r >= 0 && memcmp(got, digest, CFS_DIGEST_SIZE) != 0)
+			r = -ESTALE; /* not the content the caller hashed */
+	}
 	if (r >= 0 && fchmod(tfd, 0644) < 0)
 		r = -errno;
 	if (r >= 0 && fsync(tfd) < 0)
 		r = -errno;
-	if (r >= 0 && fstat(tfd, &st) < 0)
-		r = -errno;
-	if (r >= 0 && st.st_size != sst.st_size)
-		r = -EIO;
 	closep(&tfd);
 	tfd = -EBADF;
 	if (r >= 0) {

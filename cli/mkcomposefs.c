@@ -182,6 +182,8 @@ static int process_item(struct work *wk, struct work_item *it, const char **ret_
 	if (wk->store) {
 		*ret_what = "cannot copy into the digest store";
 		r = cfs_store_import(wk->store, fd, node->digest);
+		if (r == -ESTALE) /* the copy no longer has the digest taken above */
+			*ret_what = "changed while building the image";
 		if (r < 0)
 			return r;
 	}

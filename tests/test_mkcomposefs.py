@@ -472,3 +472,52 @@ def test_scan_options(tmp):
         assert ("extra/blockdev" in snap) == (flags != ["--skip-devices"])
         if flags == ["--use-epoch"]:
             assert all(v["mtime"] == 0 for k, v in snap.items() if k != "<hardlinks>")
+
+
+def test_digest_store_source_changing_under_mkcomposefs(tmp):
+    """A file rewritten while mkcomposefs hashes and copies it: every run
+    either fails naming the file ("changed while building the image") or
+    stores only objects whose fs-verity digest is their name; no temporary
+    file is ever left.  (The refusal itself is checked deterministically by
+    test_store_import_checks_copy in tests/unit/test-writer.c.)"""
+    import threading
+    src = tmp / "src"
+    src.mkdir()
+    big = src / "big"
+    size = 16 << 20
+    with open(big, "wb") as f:
+        f.write(bytes(size))
+    stop = threading.Event()
+
+    def mutate():
+        fd = os.open(big, os.O_WRONLY)
+        try:
+            i = 0
+            while not stop.is_set():
+                os.pwrite(fd, bytes([i & 0xff]) * 4096, (i * 4096 * 97) % size)
+                i += 1
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=mutate)
+    t.start()
+    failures = 0
+    try:
+        for n in range(6):
+            objects = tmp / f"objects{n}"
+            p = run([tool("mkcomposefs"), f"--digest-store={objects}", "--threads=1", src,
+                     tmp / f"o{n}.cfs"], check=False)
+            if p.returncode != 0:
+                failures += 1
+                err = p.stderr.decode()
+                assert "changed while building the image" in err and str(big) in err, err
+                assert len(err.strip().splitlines()) == 1, err
+                assert not os.path.exists(tmp / f"o{n}.cfs")
+            for sub in os.listdir(objects) if os.path.isdir(objects) else []:
+                for name in os.listdir(objects / sub):
+                    assert not name.startswith("."), name
+                    assert fsverity_digest(objects / sub / name) == sub + name
+    finally:
+        stop.set()
+        t.join()
+    print(f"{failures} of 6 runs saw the source change")

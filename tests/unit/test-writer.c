@@ -6,11 +6,15 @@
  */
 #undef NDEBUG
 #include <assert.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "cas.h"
 #include "cfs-image.h"
 #include "cfs-writer.h"
 
@@ -285,6 +289,81 @@ static void test_link_chain(void)
 	free(text);
 }
 
+static size_t count_entries(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *e;
+	size_t n = 0;
+
+	if (!d)
+		return 0;
+	while ((e = readdir(d)))
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+			n++;
+	closedir(d);
+	return n;
+}
+
+/* The digest store hashes the copy it makes: a source whose content is no
+ * longer the one the caller hashed (it changed in between) is refused with
+ * -ESTALE and leaves neither an object nor a temporary file; the unchanged
+ * source is stored under its name with the same bytes. */
+static void test_store_import_checks_copy(void)
+{
+	enum { LEN = 3 * 4096 + 123 };
+	char store[] = "/tmp/test-writer-store-XXXXXX", src[] = "/tmp/test-writer-src-XXXXXX";
+	char hex[2 * CFS_DIGEST_SIZE + 1], path[4096 + 80], sub[4096];
+	uint8_t good[CFS_DIGEST_SIZE], stale[CFS_DIGEST_SIZE];
+	static uint8_t data[LEN], back[LEN];
+	int fd, ofd;
+
+	for (size_t i = 0; i < LEN; i++)
+		data[i] = (uint8_t)(i * 7 + i / 251);
+	assert(mkdtemp(store));
+	fd = mkstemp(src);
+	assert(fd >= 0);
+	assert(pwrite(fd, data, LEN, 0) == LEN);
+	assert(cfs_fsverity_digest_fd(fd, good) == 0);
+
+	/* What the caller hashed before the source changed (same size). */
+	data[5000] ^= 0x40;
+	assert(cfs_fsverity_digest_mem(data, LEN, stale) == 0);
+	assert(memcmp(stale, good, CFS_DIGEST_SIZE) != 0);
+	cfs_digest_to_hex(stale, hex);
+	snprintf(sub, sizeof(sub), "%s/%.2s", store, hex);
+	assert(cfs_store_import(store, fd, stale) == -ESTALE);
+	assert(count_entries(sub) == 0); /* no object, no temporary file */
+	assert(count_entries(store) <= 1);
+
+	/* A different size than the caller saw is refused the same way. */
+	assert(ftruncate(fd, LEN + 1) == 0);
+	cfs_digest_to_hex(good, hex);
+	snprintf(sub, sizeof(sub), "%s/%.2s", store, hex);
+	assert(cfs_store_import(store, fd, good) == -ESTALE);
+	assert(count_entries(sub) == 0);
+	assert(ftruncate(fd, LEN) == 0);
+
+	/* Unchanged: stored, under its name, with its bytes; a second import
+	 * keeps the existing object. */
+	data[5000] ^= 0x40;
+	assert(cfs_store_import(store, fd, good) == 0);
+	assert(cfs_store_import(store, fd, good) == 0);
+	assert(count_entries(sub) == 1);
+	snprintf(path, sizeof(path), "%s/%s", sub, hex + 2);
+	ofd = open(path, O_RDONLY);
+	assert(ofd >= 0);
+	assert(pread(ofd, back, LEN, 0) == LEN && memcmp(back, data, LEN) == 0);
+	close(ofd);
+
+	close(fd);
+	unlink(src);
+	unlink(path);
+	rmdir(sub);
+	snprintf(sub, sizeof(sub), "%s/%.2s", store, (cfs_digest_to_hex(stale, hex), hex));
+	rmdir(sub);
+	assert(rmdir(store) == 0);
+}
+
 int main(void)
 {
 	test_api_equals_dump();
@@ -292,6 +371,7 @@ int main(void)
 	test_xattr_budget();
 	test_parse_errors();
 	test_link_chain();
+	test_store_import_checks_copy();
 	printf("test-writer: all passed\n");
 	return 0;
 }
