@@ -86,6 +86,8 @@ static inline const char *cfsd_passthrough_name(enum cfsd_passthrough p)
 
 struct cfsd_files;
 
+#define CFSD_MAX_THREADS 1024
+
 struct cfsd {
 	struct cfs_image *img;
 	struct cfs_img_info info;
@@ -93,6 +95,7 @@ struct cfsd {
 	enum cfsd_verity verity;
 	enum cfsd_passthrough passthrough;
 	double timeout;      /* entry/attr timeout, seconds */
+	unsigned max_threads; /* threads=, 0: libfuse's default */
 	struct fuse_session *se;
 	struct cfsd_files *files;
 	struct cfsd_stats stats;

@@ -123,7 +123,7 @@ struct options {
 	char *io;
 	char *stats_file;
 	char *timeout;
-	unsigned threads;
+	char *threads;
 	int noauto_unmount;
 	int keep_caps;
 	char *positional[3];
@@ -143,7 +143,7 @@ static const struct fuse_opt cfsd_opts[] = {
 	OPT("io=%s", io),
 	OPT("stats_file=%s", stats_file),
 	OPT("timeout=%s", timeout),
-	OPT("threads=%u", threads),
+	OPT("threads=%s", threads),
 	OPT("noauto_unmount", noauto_unmount),
 	OPT("keep_caps", keep_caps),
 	FUSE_OPT_END
@@ -580,6 +580,17 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 		fprintf(stderr, "composefs-fuse: tree_cache_size=%s: not a size\n", o->tree_cache_size);
 		return -EINVAL;
 	}
+	if (o->threads) {
+		uint64_t n;
+		/* A count of worker threads, not a size: no suffixes, 1..1024. */
+		if (parse_size(o->threads, &n) < 0 || strpbrk(o->threads, "kKmMgG") || n < 1 ||
+		    n > CFSD_MAX_THREADS) {
+			fprintf(stderr, "composefs-fuse: threads=%s: expected a number from 1 to %d\n",
+				o->threads, CFSD_MAX_THREADS);
+			return -EINVAL;
+		}
+		d->max_threads = (unsigned)n;
+	}
 	if (o->timeout) {
 		char *end;
 		d->timeout = strtod(o->timeout, &end);
@@ -775,8 +786,8 @@ int main(int argc, char *argv[])
 		goto out_cas;
 	if (fuse_parse_cmdline(&args, &cl) != 0)
 		goto out_cas;
-	if (o.threads)
-		cl.max_threads = o.threads;
+	if (d.max_threads)
+		cl.max_threads = d.max_threads;
 
 	d.notify = getenv("NOTIFY_SOCKET") != NULL;
 	if (cfsd_files_new(&d) < 0)
@@ -881,6 +892,7 @@ out_args:
 	free(o.passthrough);
 	free(o.tree_cache);
 	free(o.tree_cache_size);
+	free(o.threads);
 	free(o.io);
 	free(o.stats_file);
 	free(o.timeout);

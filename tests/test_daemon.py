@@ -666,6 +666,8 @@ def test_startup_errors(gen_tree, tmp_path):
     _fails_before_mount(lambda m: ["-o", "tree_cache_size=16X", img, m], "not a size", tmp_path)
     _fails_before_mount(lambda m: ["-o", "io=fast", img, m], "expected auto, uring or pread",
                         tmp_path)
+    _fails_before_mount(lambda m: ["-o", "threads=-1", img, m], "threads=-1", tmp_path)
+    _fails_before_mount(lambda m: ["-o", "threads=0", img, m], "threads=0", tmp_path)
 
 
 def test_right_digest_mounts(gen_tree):
