@@ -299,18 +299,6 @@ static int default_tree_cache(char **ret_dir)
 	return *ret_dir ? 0 : -ENOMEM;
 }
 
-static const char *image_error(int r)
-{
-	switch (-r) {
-	case EFSCORRUPTED:
-		return "corrupt or not a composefs image";
-	case EOPNOTSUPP:
-		return "unsupported image feature";
-	default:
-		return strerror(-r);
-	}
-}
-
 /* The stats file and the daemon it describes; under stats_lock, because the
  * SIGUSR1 thread may be writing while main() tears the daemon down. */
 static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -611,6 +599,7 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 static int load_image(struct cfsd *d, const char *image, const char *digest)
 {
 	_cleanup_close_ int fd = -EBADF;
+	struct cfs_img_diag diag;
 	int r;
 
 	fd = open(image, O_RDONLY | O_CLOEXEC);
@@ -619,9 +608,12 @@ static int load_image(struct cfsd *d, const char *image, const char *digest)
 		fprintf(stderr, "composefs-fuse: image '%s': %s\n", image, strerror(-r));
 		return r;
 	}
-	r = cfs_img_open_fd(fd, 0, &d->img);
+	/* The reader names what is wrong (the corrupt structure, or the
+	 * refused incompat features), so the message says more than errno. */
+	r = cfs_img_open_fd_ex(fd, 0, &diag, &d->img);
 	if (r < 0) {
-		fprintf(stderr, "composefs-fuse: image '%s': %s\n", image, image_error(r));
+		fprintf(stderr, "composefs-fuse: image '%s': %s\n", image,
+			diag.reason[0] ? diag.reason : strerror(-r));
 		return r;
 	}
 	cfs_img_get_info(d->img, &d->info);

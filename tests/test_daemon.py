@@ -651,6 +651,13 @@ def test_startup_errors(gen_tree, tmp_path):
     garbage = tmp_path / "garbage"
     _w(garbage, b"\0" * 8192)
     _fails_before_mount(lambda m: [str(garbage), m], "garbage", tmp_path)
+    # An unknown incompatible EROFS feature is refused by name, before mounting.
+    future = tmp_path / "future.cfs"
+    raw = bytearray(open(img, "rb").read())
+    incompat = int.from_bytes(raw[1024 + 80:1024 + 84], "little") | 0x100
+    raw[1024 + 80:1024 + 84] = incompat.to_bytes(4, "little")
+    _w(future, bytes(raw))
+    _fails_before_mount(lambda m: [str(future), m], "incompatible features 0x00000100", tmp_path)
     _fails_before_mount(lambda m: [str(tmp_path / "absent"), m], "absent", tmp_path)
     _fails_before_mount(lambda m: ["-o", "digest=" + "0" * 64, img, m], "does not match",
                         tmp_path)
