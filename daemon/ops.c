@@ -105,14 +105,9 @@ static void fill_stat(const struct cfsd *d, const struct cfs_inode *ci, struct s
 	st->st_blksize = 4096;
 	/* As erofs reports it: the size rounded up to whole blocks. */
 	st->st_blocks = (blkcnt_t)(((ci->size + 4095) & ~(uint64_t)4095) >> 9);
-	/* Compact inodes have no timestamp of their own: the build time. */
-	if (ci->inode_isize == 32) {
-		st->st_mtim.tv_sec = (time_t)d->info.build_time;
-		st->st_mtim.tv_nsec = d->info.build_time_nsec;
-	} else {
-		st->st_mtim.tv_sec = (time_t)ci->mtime;
-		st->st_mtim.tv_nsec = ci->mtime_nsec;
-	}
+	/* The reader already gives compact inodes the superblock's build time. */
+	st->st_mtim.tv_sec = (time_t)ci->mtime;
+	st->st_mtim.tv_nsec = ci->mtime_nsec;
 	st->st_atim = st->st_mtim;
 	st->st_ctim = st->st_mtim;
 }
