@@ -29,6 +29,16 @@ pytestmark = [needs_root,
 
 # ---------------------------------------------------------------- helpers
 
+def _reap(proc, mnt, sock):
+    """Cleanup after a test that started the daemon itself: whatever failed,
+    no daemon, no mount and no socket are left behind."""
+    if proc.poll() is None:
+        proc.kill()
+    if os.path.ismount(mnt):
+        subprocess.run(["umount", "-l", mnt])
+    sock.close()
+
+
 def _w(path, data):
     with open(path, "wb") as f:
         f.write(data)
@@ -774,11 +784,7 @@ def test_notify_socket_ready_after_mount(gen_tree, tmp_path):
         assert "STOPPING=1" in sock.recv(4096).decode()
         assert not os.path.ismount(mnt)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", mnt])
-        sock.close()
+        _reap(proc, mnt, sock)
     assert not SUSPICIOUS.search(proc.stderr.read())
 
 
@@ -853,11 +859,7 @@ def test_systemd_unit_runs(gen_tree, tmp_path, unit):
         assert proc.wait(timeout=30) == 0
         assert not os.path.ismount(mnt)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", mnt])
-        sock.close()
+        _reap(proc, mnt, sock)
 
 
 @pytest.mark.parametrize("seed", range(6))
