@@ -19,8 +19,9 @@
  *          --no-verify  --require-digest  --tree-cache=DIR  --min-persist=N
  *          --fake-measure=HEX|enodata   (stand-in for FS_IOC_MEASURE_VERITY)
  *          --reopen=N   (open, read, close N times; stats accumulate)
- *          --check-all  (cfs_object_check_all() after open)
- *          --wait       (after open, wait for a line on stdin before reading)
+ *          --check-all  (cfs_object_check_all() after open: builds the tree)
+ *          --wait       (after open and --check-all, wait for a line on stdin
+ *                        before reading)
  *          --deny-io-uring=enosys|eperm  (seccomp: io_uring_setup fails so)
  */
 #include <errno.h>
@@ -131,7 +132,7 @@ static int cmd_tree_digest(int argc, char **argv)
 	r = cfs_io_init(&io, CFS_IO_AUTO);
 	if (r < 0)
 		return 1;
-	r = cfs_merkle_build_fd(&io, fd, (uint64_t)size, NULL, &t);
+	r = cfs_merkle_build_fd(&io, fd, (uint64_t)size, NULL, NULL, &t);
 	cfs_io_fini(&io);
 	if (r < 0) {
 		fprintf(stderr, "cas-tool: tree of '%s' failed: %s\n", file, strerror(-r));
@@ -320,6 +321,8 @@ static int cmd_read(int argc, char **argv)
 		printf(", \"io\": \"%s\"}\n", cfs_cas_io_backend(cas));
 		if (r < 0)
 			continue;
+		if (check_all)
+			printf("{\"check_all\": %d}\n", cfs_object_check_all(obj));
 		if (wait_stdin) {
 			/* let the caller change the object while it is open */
 			char line[16];
@@ -328,8 +331,6 @@ static int cmd_read(int argc, char **argv)
 			if (!fgets(line, sizeof(line), stdin))
 				return 2;
 		}
-		if (check_all)
-			printf("{\"check_all\": %d}\n", cfs_object_check_all(obj));
 		if (optind + 4 == argc) {
 			read_whole(obj);
 			continue;

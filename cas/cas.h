@@ -67,8 +67,14 @@ struct cfs_cas_options {
 	enum cfs_method_choice method;
 	bool require_digest;                  /* verify + no digest in the image: refuse
 	                                         (-ENOKEY) instead of method OFF */
-	uint64_t tree_cache_min_size;         /* persist trees of objects at least this
-	                                         large; 0: 256 KiB */
+	uint64_t tree_cache_min_size;         /* persist trees of objects larger
+	                                         than this (cache and store); 0: 128 KiB */
+	size_t max_idle_objects;              /* objects kept open with their trees
+	                                         while nobody uses them (one file
+	                                         descriptor each); 0: 256 */
+	bool store_trees;                     /* write trees built from data into
+	                                         the store (BASEDIR/.cfs-trees) when it
+	                                         is writable, else the tree cache */
 };
 
 /* $XDG_CACHE_HOME/composefs-fuse, else $HOME/.cache/composefs-fuse
@@ -77,15 +83,22 @@ int cfs_tree_cache_default_dir(char **ret_dir);
 
 /* Counters for logs and tests (monotonic, read without a lock). */
 struct cfs_cas_stats {
-	uint64_t objects_opened;     /* object states set up (not counting shared opens) */
+	uint64_t objects_opened;     /* object states set up (not counting reuse) */
+	uint64_t objects_evicted;    /* idle objects closed to stay within the bound */
 	uint64_t trees_built;        /* Merkle trees computed from object data */
 	uint64_t trees_from_memory;  /* trees reused from the in-memory LRU */
-	uint64_t trees_from_disk;    /* persisted trees that passed the check */
-	uint64_t trees_rejected;     /* persisted trees found corrupt and removed */
-	uint64_t trees_written;      /* persisted trees written */
+	uint64_t trees_from_store;   /* trees stored beside the objects that passed the check */
+	uint64_t trees_from_disk;    /* trees from the tree cache that passed the check */
+	uint64_t trees_rejected;     /* stored or cached trees found corrupt */
+	uint64_t trees_written;      /* trees written (store or cache) */
 	uint64_t tree_write_errors;  /* persisting failed (not fatal) */
 	uint64_t blocks_failed;      /* data blocks refused on read */
-	uint64_t lru_bytes;          /* bytes held by the in-memory LRU now */
+	uint64_t read_io_errors;     /* reads of the store that failed (I/O errors) */
+	uint64_t bytes_read;         /* bytes read from object files */
+	uint64_t blocks_hashed;      /* data blocks hashed */
+	uint64_t lru_bytes;          /* bytes held by the in-memory tree LRU now */
+	uint64_t idle_objects;       /* objects kept open, unused, now */
+	uint64_t objects_by_method[3]; /* objects set up, by enum cfs_verify_method */
 };
 void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret_stats);
 
@@ -104,6 +117,10 @@ CFS_DEFINE_CLEANUP(struct cfs_cas *, cfs_cas_unref)
  * io_uring_setup works: one ring per calling thread, created on first use
  * and freed at thread exit or by the last cfs_cas_unref()). */
 const char *cfs_cas_io_backend(const struct cfs_cas *cas);
+/* Could any basedir hold files with kernel fs-verity?  False when the
+ * kernel or every basedir's filesystem lacks it (measured on the
+ * directories), so that no object can use the kernel method. */
+bool cfs_cas_kernel_verity_possible(struct cfs_cas *cas);
 
 /* Open the object at @redirect (image path, "/xx/yyyy..." or "xx/yyyy...",
  * not NUL-terminated) beneath one of the base directories, never outside
@@ -115,14 +132,17 @@ const char *cfs_cas_io_backend(const struct cfs_cas *cas);
  * More precisely (cas module):
  * - @redirect may be NULL when @digest is given: the path is then the
  *   digest's ("xx/yyyy...").  With both, the redirect must be that path.
- * - The verification method is chosen here, once per object state: with
- *   the userspace method the whole object is hashed here (or its tree is
- *   taken from the cache), so the first open of a large object is slow.
+ * - The verification method is chosen here, once per object state
+ *   (kernel fs-verity is measured); nothing is read or hashed: the
+ *   userspace method gets its tree at the first read that needs one.
+ * - An object nobody holds stays open, with its tree, among the last
+ *   max_idle_objects used: opening it again costs no I/O.
  * - -EPERM also for an object that is not a regular file (or a path with
  *   "..", "." or empty components); -ENAMETOOLONG for an oversized path.
  * - -ENOKEY: verify and require_digest are set and @digest is NULL.
- * - -EIO: size differs from @size, the data does not hash to @digest, or
- *   kernel fs-verity measured another digest.
+ * - -EIO: size differs from @size, the data is already known not to hash
+ *   to @digest (an unchanged file that failed before), or kernel fs-verity
+ *   measured another digest.
  * - -EOPNOTSUPP/-ENODATA/-ENOTTY: method KERNEL forced, kernel cannot measure.
  * Thread-safe; concurrent opens of one object wait for a single setup. */
 int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redirect_len,
@@ -140,10 +160,18 @@ CFS_DEFINE_CLEANUP(struct cfs_object *, cfs_object_unref)
  * unverified bytes, and does not poison the object: other blocks still
  * read.  Reads wider than 2 MiB are split; any bad block fails the call. */
 ssize_t cfs_object_pread(struct cfs_object *obj, void *buf, size_t len, uint64_t off);
+/* The same; and when serving it meant reading and hashing the whole object
+ * to build its tree (no tree stored or cached), *@ret_whole receives that
+ * verified copy (malloc'ed, cfs_object_size() bytes, the caller frees it)
+ * so that the caller can hand it on instead of reading it again; else NULL.
+ * Only objects up to 16 MiB are kept whole; larger ones are hashed once to
+ * build the tree and again, block by block, as they are read. */
+ssize_t cfs_object_pread_whole(struct cfs_object *obj, void *buf, size_t len, uint64_t off, void **ret_whole);
 enum cfs_verify_method cfs_object_method(const struct cfs_object *obj);
-/* fsck: make sure every byte of the object matches its digest.  Free if the
- * open just hashed the data to build the tree; otherwise (tree from a cache,
- * or kernel fs-verity) reads and checks every block.  0, -EIO, or -errno. */
+/* fsck: make sure every byte of the object matches its digest.  Builds the
+ * tree from the data if there is none (and then that pass is the check);
+ * otherwise (tree from a cache, or kernel fs-verity) reads and checks every
+ * block.  0, -EIO, or -errno. */
 int cfs_object_check_all(struct cfs_object *obj);
 int cfs_object_fd(const struct cfs_object *obj); /* borrowed, O_RDONLY */
 uint64_t cfs_object_size(const struct cfs_object *obj);

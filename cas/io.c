@@ -384,7 +384,7 @@ int cfs_seqreader_read(struct cfs_seqreader *r, void *buf, size_t count)
 			/* pread: one chunk, refilled in place */
 			if (!r->chunk[0].valid || r->cur_pos == r->chunk[0].len) {
 				if (r->next_off >= r->size)
-					return -EIO;
+					return -EBADMSG;
 				r->chunk[0].off = r->next_off;
 				r->chunk[0].len = (size_t)(r->size - r->next_off < r->chunk_size
 								   ? r->size - r->next_off
@@ -399,7 +399,7 @@ int cfs_seqreader_read(struct cfs_seqreader *r, void *buf, size_t count)
 #if HAVE_IO_URING
 		else {
 			if (!r->chunk[i].valid)
-				return -EIO; /* asked for more than size */
+				return -EBADMSG; /* asked for more than size */
 			while (r->chunk[i].pending) {
 				int err = seq_reap(r, true);
 
@@ -411,7 +411,7 @@ int cfs_seqreader_read(struct cfs_seqreader *r, void *buf, size_t count)
 		if (r->chunk[i].res < 0)
 			return r->chunk[i].res;
 		if ((size_t)r->chunk[i].res != r->chunk[i].len)
-			return -EIO; /* the file is shorter than its recorded size */
+			return -EBADMSG; /* the file is shorter than its recorded size */
 		avail = r->chunk[i].len - r->cur_pos;
 		n = count < avail ? count : avail;
 		memcpy(out, r->chunk[i].buf + r->cur_pos, n);
@@ -440,5 +440,5 @@ int cfs_seqreader_check_eof(struct cfs_seqreader *r)
 
 	if (n < 0)
 		return (int)n;
-	return n == 0 ? 0 : -EIO;
+	return n == 0 ? 0 : -EBADMSG;
 }

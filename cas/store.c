@@ -20,8 +20,17 @@
 #define SYS_openat2 437
 #endif
 
+static void object_free(struct cfs_object *obj);
+
 static void cas_free(struct cfs_cas *cas)
 {
+	/* Only idle objects are left: a referenced one holds the cas. */
+	while (cas->idle_head) {
+		struct cfs_object *obj = cas->idle_head;
+
+		cas->idle_head = obj->idle_next;
+		object_free(obj);
+	}
 	for (size_t i = 0; i < cas->n_basedirs; i++) {
 		if (cas->basedir_fds && cas->basedir_fds[i] >= 0)
 			close(cas->basedir_fds[i]);
@@ -58,6 +67,8 @@ int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struc
 	pthread_mutex_init(&cas->lock, NULL);
 	pthread_cond_init(&cas->init_cond, NULL);
 	cas->opts = *opts;
+	if (!cas->opts.max_idle_objects)
+		cas->opts.max_idle_objects = 256;
 	cas->opts.tree_cache_dir = NULL;
 	cas->trees.dirfd = -1;
 	cas->verity = opts->verity ? *opts->verity : cfs_verity_kernel_ops;
@@ -120,6 +131,27 @@ struct cfs_cas *cfs_cas_unref(struct cfs_cas *cas)
 	return NULL;
 }
 
+bool cfs_cas_kernel_verity_possible(struct cfs_cas *cas)
+{
+	if (!cas->opts.verify || cas->opts.method == CFS_METHOD_USERSPACE || !cas->verity.measure)
+		return false;
+	for (size_t i = 0; i < cas->n_basedirs; i++) {
+		uint8_t d[CFS_DIGEST_SIZE];
+		int fd = openat(cas->basedir_fds[i], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		int r;
+
+		if (fd < 0)
+			return true; /* cannot tell: assume it could */
+		/* A directory has no fs-verity: a filesystem that has it says
+		 * ENODATA; one without (or a kernel without) says otherwise. */
+		r = cas->verity.measure(cas->verity.userdata, fd, d);
+		close(fd);
+		if (r == 0 || r == -ENODATA)
+			return true;
+	}
+	return false;
+}
+
 const char *cfs_cas_io_backend(const struct cfs_cas *cas)
 {
 	return cas->io.backend == CFS_IO_URING ? "io_uring" : "pread";
@@ -129,6 +161,13 @@ void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret_stats)
 {
 	memset(ret_stats, 0, sizeof(*ret_stats));
 	ret_stats->objects_opened = atomic_load(&cas->stats.objects_opened);
+	ret_stats->objects_evicted = atomic_load(&cas->stats.objects_evicted);
+	ret_stats->trees_from_store = atomic_load(&cas->stats.trees_from_store);
+	ret_stats->read_io_errors = atomic_load(&cas->stats.read_io_errors);
+	ret_stats->bytes_read = atomic_load(&cas->stats.bytes_read);
+	ret_stats->blocks_hashed = atomic_load(&cas->stats.blocks_hashed);
+	for (int i = 0; i < 3; i++)
+		ret_stats->objects_by_method[i] = atomic_load(&cas->stats.by_method[i]);
 	ret_stats->trees_built = atomic_load(&cas->stats.trees_built);
 	ret_stats->trees_from_memory = atomic_load(&cas->stats.trees_from_memory);
 	ret_stats->trees_from_disk = atomic_load(&cas->stats.trees_from_disk);
@@ -138,6 +177,7 @@ void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret_stats)
 	ret_stats->blocks_failed = atomic_load(&cas->stats.blocks_failed);
 	pthread_mutex_lock(&cas->lock);
 	ret_stats->lru_bytes = cas->trees.bytes;
+	ret_stats->idle_objects = cas->n_idle;
 	pthread_mutex_unlock(&cas->lock);
 }
 
@@ -200,17 +240,6 @@ static int normalize_redirect(const char *redirect, size_t len, char **ret_key)
 	return 0;
 }
 
-static void digest_path(const uint8_t digest[CFS_DIGEST_SIZE], char out[2 * CFS_DIGEST_SIZE + 2])
-{
-	char hex[2 * CFS_DIGEST_SIZE + 1];
-
-	cfs_digest_to_hex(digest, hex);
-	out[0] = hex[0];
-	out[1] = hex[1];
-	out[2] = '/';
-	memcpy(out + 3, hex + 2, 2 * CFS_DIGEST_SIZE - 2 + 1);
-}
-
 static int map_resolve_error(int err)
 {
 	/* ELOOP: a symlink (RESOLVE_NO_SYMLINKS / O_NOFOLLOW); EXDEV: the
@@ -255,7 +284,31 @@ static int open_walk(int dirfd, const char *path)
 	}
 }
 
+static int open_beneath_once(struct cfs_cas *cas, int dirfd, const char *path);
+
 static int open_beneath(struct cfs_cas *cas, int dirfd, const char *path)
+{
+	int fd;
+
+	for (int tries = 0;; tries++) {
+		fd = open_beneath_once(cas, dirfd, path);
+		if ((fd != -EMFILE && fd != -ENFILE) || tries > 0)
+			return fd;
+		/* Out of descriptors: close idle objects, then try again. */
+		pthread_mutex_lock(&cas->lock);
+		cfs_cas_trim_idle(cas, cas->n_idle / 2);
+		pthread_mutex_unlock(&cas->lock);
+	}
+}
+
+int cfs_cas_open_beneath(struct cfs_cas *cas, size_t i, const char *path)
+{
+	if (i >= cas->n_basedirs)
+		return -EINVAL;
+	return open_beneath(cas, cas->basedir_fds[i], path);
+}
+
+static int open_beneath_once(struct cfs_cas *cas, int dirfd, const char *path)
 {
 	if (__atomic_load_n(&cas->have_openat2, __ATOMIC_RELAXED)) {
 		struct open_how how = {
@@ -274,7 +327,7 @@ static int open_beneath(struct cfs_cas *cas, int dirfd, const char *path)
 }
 
 /* Open @path in the first base directory that has it. */
-static int open_in_store(struct cfs_cas *cas, const char *path, int *ret_fd)
+static int open_in_store(struct cfs_cas *cas, const char *path, int *ret_fd, size_t *ret_basedir)
 {
 	for (size_t i = 0; i < cas->n_basedirs; i++) {
 		int fd = open_beneath(cas, cas->basedir_fds[i], path);
@@ -284,6 +337,7 @@ static int open_in_store(struct cfs_cas *cas, const char *path, int *ret_fd)
 		if (fd < 0)
 			return fd;
 		*ret_fd = fd;
+		*ret_basedir = i;
 		return 0;
 	}
 	return -ENOENT;
@@ -335,10 +389,47 @@ static void object_free(struct cfs_object *obj)
 {
 	if (obj->fd >= 0)
 		close(obj->fd);
-	cfs_merkle_free(obj->tree);
+	cfs_merkle_free(atomic_load(&obj->tree));
 	free(obj->key);
-	cfs_cas_unref(obj->cas);
+	pthread_cond_destroy(&obj->cond);
+	pthread_mutex_destroy(&obj->lock);
 	free(obj);
+}
+
+static void idle_unlink(struct cfs_cas *cas, struct cfs_object *obj)
+{
+	if (obj->idle_prev)
+		obj->idle_prev->idle_next = obj->idle_next;
+	else
+		cas->idle_head = obj->idle_next;
+	if (obj->idle_next)
+		obj->idle_next->idle_prev = obj->idle_prev;
+	else
+		cas->idle_tail = obj->idle_prev;
+	obj->idle_prev = obj->idle_next = NULL;
+	obj->idle = false;
+	cas->n_idle--;
+}
+
+/* Forget an idle object; its tree goes to the tree LRU.  Under cas->lock. */
+static void idle_evict(struct cfs_cas *cas, struct cfs_object *obj)
+{
+	struct cfs_merkle *t = atomic_load(&obj->tree);
+
+	idle_unlink(cas, obj);
+	table_remove(cas, obj);
+	if (t && obj->state == CFS_OBJ_READY) {
+		cfs_tree_cache_put(&cas->trees, t);
+		atomic_store(&obj->tree, NULL);
+	}
+	object_free(obj);
+	atomic_fetch_add(&cas->stats.objects_evicted, 1);
+}
+
+void cfs_cas_trim_idle(struct cfs_cas *cas, size_t keep)
+{
+	while (cas->n_idle > keep)
+		idle_evict(cas, cas->idle_tail);
 }
 
 struct cfs_object *cfs_object_ref(struct cfs_object *obj)
@@ -351,19 +442,45 @@ struct cfs_object *cfs_object_ref(struct cfs_object *obj)
 struct cfs_object *cfs_object_unref(struct cfs_object *obj)
 {
 	struct cfs_cas *cas;
+	unsigned c;
 
-	if (!obj || atomic_fetch_sub(&obj->refcount, 1) != 1)
+	if (!obj)
+		return NULL;
+	/* Not the last reference: no lock.  The last one is dropped under the
+	 * cas lock, where lookups take references from 0. */
+	c = atomic_load(&obj->refcount);
+	while (c > 1 && !atomic_compare_exchange_weak(&obj->refcount, &c, c - 1))
+		;
+	if (c > 1)
 		return NULL;
 	cas = obj->cas;
 	pthread_mutex_lock(&cas->lock);
-	table_remove(cas, obj);
-	/* Keep the verified tree for the next open of the same digest. */
-	if (obj->state == CFS_OBJ_READY && obj->tree) {
-		cfs_tree_cache_put(&cas->trees, obj->tree);
-		obj->tree = NULL;
+	if (atomic_fetch_sub(&obj->refcount, 1) == 1) {
+		if (obj->state == CFS_OBJ_READY && cas->opts.max_idle_objects > 0) {
+			/* Keep it open, tree and all, for the next use. */
+			obj->idle = true;
+			obj->idle_prev = NULL;
+			obj->idle_next = cas->idle_head;
+			if (cas->idle_head)
+				cas->idle_head->idle_prev = obj;
+			cas->idle_head = obj;
+			if (!cas->idle_tail)
+				cas->idle_tail = obj;
+			cas->n_idle++;
+			cfs_cas_trim_idle(cas, cas->opts.max_idle_objects);
+		} else {
+			struct cfs_merkle *t = atomic_load(&obj->tree);
+
+			table_remove(cas, obj);
+			if (t && obj->state == CFS_OBJ_READY) {
+				cfs_tree_cache_put(&cas->trees, t);
+				atomic_store(&obj->tree, NULL);
+			}
+			object_free(obj);
+		}
 	}
 	pthread_mutex_unlock(&cas->lock);
-	object_free(obj);
+	cfs_cas_unref(cas); /* the reference the object held */
 	return NULL;
 }
 
@@ -372,7 +489,7 @@ static int object_setup(struct cfs_cas *cas, struct cfs_object *obj, uint64_t si
 	struct stat st;
 	int r, fd = -1;
 
-	r = open_in_store(cas, obj->key, &fd);
+	r = open_in_store(cas, obj->key, &fd, &obj->basedir);
 	if (r < 0)
 		return r;
 	obj->fd = fd;
@@ -406,7 +523,7 @@ int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redire
 	if (digest) {
 		char want[2 * CFS_DIGEST_SIZE + 2];
 
-		digest_path(digest, want);
+		cfs_object_path(digest, want);
 		if (!key) {
 			key = strdup(want);
 			if (!key)
@@ -423,18 +540,14 @@ int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redire
 
 	pthread_mutex_lock(&cas->lock);
 	for (obj = cas->buckets[h % cas->nbuckets]; obj; obj = obj->hash_next) {
-		unsigned c;
-
-		if (obj->hash != h || obj->has_digest != (digest != NULL) || strcmp(obj->key, key) != 0)
-			continue;
-		/* Take a reference unless it is already being freed. */
-		c = atomic_load(&obj->refcount);
-		while (c != 0 && !atomic_compare_exchange_weak(&obj->refcount, &c, c + 1))
-			;
-		if (c != 0)
+		if (obj->hash == h && obj->has_digest == (digest != NULL) && strcmp(obj->key, key) == 0)
 			break;
 	}
 	if (obj) {
+		/* References are taken from 0 only here, under the lock. */
+		if (atomic_fetch_add(&obj->refcount, 1) == 0 && obj->idle)
+			idle_unlink(cas, obj);
+		cas_ref(cas);
 		/* Wait for whoever is setting it up. */
 		while (obj->state == CFS_OBJ_INIT)
 			pthread_cond_wait(&cas->init_cond, &cas->lock);
@@ -458,6 +571,8 @@ int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redire
 	atomic_init(&obj->refcount, 1);
 	obj->cas = cas_ref(cas);
 	obj->fd = -1;
+	pthread_mutex_init(&obj->lock, NULL);
+	pthread_cond_init(&obj->cond, NULL);
 	obj->hash = h;
 	obj->key = steal_ptr(&key);
 	obj->has_digest = digest != NULL;
@@ -491,6 +606,7 @@ int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redire
 		return r;
 	}
 	atomic_fetch_add(&cas->stats.objects_opened, 1);
+	atomic_fetch_add(&cas->stats.by_method[obj->method < 3 ? obj->method : CFS_VERIFY_OFF], 1);
 	*ret_obj = obj;
 	return 0;
 }

@@ -7,6 +7,8 @@
  * levels, the root hash and the file digest are recomputed from the leaves
  * (about 1/128 of the object's size to hash) and must match the digest the
  * image expects, else the file is removed and the tree rebuilt from data.
+ * Trees stored in the object store itself (CFS_STORE_TREES_DIR, written by
+ * the tools that fill it) have the same format and get the same check.
  */
 #include <assert.h>
 #include <endian.h>
@@ -22,7 +24,7 @@
 #include "cas-internal.h"
 
 #define DEFAULT_TREE_CACHE_BYTES (64ULL << 20)
-#define DEFAULT_MIN_PERSIST_SIZE (256ULL << 10)
+#define DEFAULT_MIN_PERSIST_SIZE CFS_STORE_TREE_MIN_SIZE
 
 static const char TREE_MAGIC[8] = { 'C', 'F', 'S', 'M', 'R', 'K', 'L', '1' };
 
@@ -280,41 +282,29 @@ void cfs_tree_cache_put(struct cfs_tree_cache *tc, struct cfs_merkle *t)
 	}
 }
 
-int cfs_tree_cache_load(struct cfs_tree_cache *tc, uint64_t size, const uint8_t digest[CFS_DIGEST_SIZE],
-			struct cfs_merkle **ret_tree)
+int cfs_tree_file_read(int fd, uint64_t size, const uint8_t digest[CFS_DIGEST_SIZE], struct cfs_merkle **ret_tree)
 {
-	char name[2 * CFS_DIGEST_SIZE + 1];
-	struct cfs_merkle geo;
 	struct tree_file_header h;
-	_cleanup_close_ int fd = -EBADF;
 	_cleanup_free_ void *leaves = NULL;
-	uint64_t leaf_bytes;
+	uint64_t blocks = size == 0 ? 0 : (size - 1) / CFS_VERITY_BLOCK_SIZE + 1;
+	uint64_t leaf_bytes = (blocks + CFS_HASHES_PER_BLOCK - 1) / CFS_HASHES_PER_BLOCK * CFS_VERITY_BLOCK_SIZE;
 	struct stat st;
 	ssize_t n;
-	int r;
 
-	if (tc->dirfd < 0)
-		return -ENOENT;
-	memset(&geo, 0, sizeof(geo));
-	if (cfs_merkle_geometry(size, &geo) < 0 || geo.levels == 0)
-		return -ENOENT;
-	leaf_bytes = cfs_merkle_leaf_bytes(&geo);
-
-	cfs_digest_to_hex(digest, name);
-	fd = openat(tc->dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-	if (fd < 0)
-		return errno == ENOENT ? -ENOENT : -errno;
+	if (blocks <= 1 || blocks > CFS_MERKLE_MAX_LEAF_BYTES / CFS_DIGEST_SIZE)
+		return -EBADMSG;
 	if (fstat(fd, &st) < 0)
 		return -errno;
-	r = -EBADMSG;
 	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != sizeof(h) + leaf_bytes)
-		goto corrupt;
+		return -EBADMSG;
 	n = cfs_pread_full(fd, &h, sizeof(h), 0);
+	if (n < 0)
+		return (int)n;
 	if (n != (ssize_t)sizeof(h) || memcmp(h.magic, TREE_MAGIC, sizeof(TREE_MAGIC)) != 0 ||
 	    le32toh(h.version) != 1 || le32toh(h.log_blocksize) != CFS_BLOCK_SHIFT ||
 	    le64toh(h.data_size) != size || le64toh(h.leaf_bytes) != leaf_bytes ||
 	    memcmp(h.digest, digest, CFS_DIGEST_SIZE) != 0)
-		goto corrupt;
+		return -EBADMSG;
 	leaves = malloc(leaf_bytes);
 	if (!leaves)
 		return -ENOMEM;
@@ -322,32 +312,48 @@ int cfs_tree_cache_load(struct cfs_tree_cache *tc, uint64_t size, const uint8_t 
 	if (n < 0)
 		return (int)n;
 	if ((uint64_t)n != leaf_bytes)
-		goto corrupt;
-	r = cfs_merkle_from_leaves(size, leaves, leaf_bytes, digest, ret_tree);
-	if (r == -EBADMSG)
-		goto corrupt;
-	return r;
-
-corrupt:
-	/* Untrusted and wrong: drop it, the caller rebuilds from data. */
-	(void)unlinkat(tc->dirfd, name, 0);
-	return -EBADMSG;
+		return -EBADMSG;
+	return cfs_merkle_from_leaves(size, leaves, leaf_bytes, digest, ret_tree);
 }
 
-int cfs_tree_cache_store(struct cfs_tree_cache *tc, const struct cfs_merkle *t)
+int cfs_tree_cache_load(struct cfs_tree_cache *tc, uint64_t size, const uint8_t digest[CFS_DIGEST_SIZE],
+			struct cfs_merkle **ret_tree)
+{
+	char name[2 * CFS_DIGEST_SIZE + 1];
+	_cleanup_close_ int fd = -EBADF;
+	int r;
+
+	if (tc->dirfd < 0 || size <= CFS_VERITY_BLOCK_SIZE)
+		return -ENOENT;
+	cfs_digest_to_hex(digest, name);
+	fd = openat(tc->dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return errno == ENOENT ? -ENOENT : -errno;
+	r = cfs_tree_file_read(fd, size, digest, ret_tree);
+	if (r == -EBADMSG)
+		/* Untrusted and wrong: drop it, the caller rebuilds from data. */
+		(void)unlinkat(tc->dirfd, name, 0);
+	return r;
+}
+
+int cfs_tree_file_write(int dirfd, const char *name, const struct cfs_merkle *t, mode_t mode)
 {
 	static _Atomic unsigned long counter;
-	char name[2 * CFS_DIGEST_SIZE + 1], tmp[2 * CFS_DIGEST_SIZE + 64];
+	char tmp[2 * CFS_DIGEST_SIZE + 64];
+	const char *base = strrchr(name, '/');
+	static const uint8_t zeros[CFS_VERITY_BLOCK_SIZE];
+	uint64_t leaf_bytes = cfs_merkle_leaf_bytes(t), used = t->data_blocks * CFS_DIGEST_SIZE;
 	struct tree_file_header h;
 	_cleanup_close_ int fd = -EBADF;
 	int r;
 
-	if (tc->dirfd < 0 || t->levels == 0 || t->data_size < tc->min_persist_size)
-		return 0;
-	cfs_digest_to_hex(t->digest, name);
-	snprintf(tmp, sizeof(tmp), ".%s.%d.%lu.tmp", name, (int)getpid(),
+	if (leaf_bytes == 0)
+		return -EINVAL;
+	/* The temporary file goes beside the final one (same directory). */
+	base = base ? base + 1 : name;
+	snprintf(tmp, sizeof(tmp), "%.*s.%.16s.%d.%lu.tmp", (int)(base - name), name, base, (int)getpid(),
 		 atomic_fetch_add(&counter, 1));
-	fd = openat(tc->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
 	if (fd < 0)
 		return -errno;
 
@@ -356,19 +362,72 @@ int cfs_tree_cache_store(struct cfs_tree_cache *tc, const struct cfs_merkle *t)
 	h.version = htole32(1);
 	h.log_blocksize = htole32(CFS_BLOCK_SHIFT);
 	h.data_size = htole64(t->data_size);
-	h.leaf_bytes = htole64(cfs_merkle_leaf_bytes(t));
+	h.leaf_bytes = htole64(leaf_bytes);
 	memcpy(h.digest, t->digest, CFS_DIGEST_SIZE);
 	r = cfs_write_all(fd, &h, sizeof(h));
 	if (r == 0)
-		r = cfs_write_all(fd, cfs_merkle_block(t, t->level_start[0]), cfs_merkle_leaf_bytes(t));
+		r = cfs_write_all(fd, t->leaves, used);
+	if (r == 0)
+		r = cfs_write_all(fd, zeros, leaf_bytes - used);
+	if (r == 0 && fchmod(fd, mode) < 0) /* not narrowed by the umask */
+		r = -errno;
 	if (r == 0 && close(steal_fd(&fd)) < 0)
 		r = -errno;
 	/* No fsync: a torn file after a crash fails the check and is rebuilt. */
-	if (r == 0 && renameat(tc->dirfd, tmp, tc->dirfd, name) < 0)
+	if (r == 0 && renameat(dirfd, tmp, dirfd, name) < 0)
 		r = -errno;
 	if (r < 0) {
-		(void)unlinkat(tc->dirfd, tmp, 0);
+		(void)unlinkat(dirfd, tmp, 0);
 		return r;
 	}
-	return 1;
+	return 0;
+}
+
+int cfs_tree_cache_store(struct cfs_tree_cache *tc, const struct cfs_merkle *t)
+{
+	char name[2 * CFS_DIGEST_SIZE + 1];
+	int r;
+
+	if (tc->dirfd < 0 || !t->leaves || t->data_size <= tc->min_persist_size)
+		return 0;
+	cfs_digest_to_hex(t->digest, name);
+	r = cfs_tree_file_write(tc->dirfd, name, t, 0600);
+	return r < 0 ? r : 1;
+}
+
+void cfs_object_path(const uint8_t digest[CFS_DIGEST_SIZE], char out[2 * CFS_DIGEST_SIZE + 2])
+{
+	char hex[2 * CFS_DIGEST_SIZE + 1];
+
+	cfs_digest_to_hex(digest, hex);
+	out[0] = hex[0];
+	out[1] = hex[1];
+	out[2] = '/';
+	memcpy(out + 3, hex + 2, 2 * CFS_DIGEST_SIZE - 2 + 1);
+}
+
+int cfs_store_tree_write(int store_dirfd, const struct cfs_merkle *t, uint64_t min_size)
+{
+	char name[2 * CFS_DIGEST_SIZE + 2], sub[3];
+	_cleanup_close_ int top = -EBADF, dir = -EBADF;
+	int r;
+
+	if (!t->leaves || t->data_size <= min_size)
+		return 0;
+	cfs_object_path(t->digest, name);
+	memcpy(sub, name, 2);
+	sub[2] = '\0';
+	/* Readable by every user of a shared store, like the objects. */
+	if (mkdirat(store_dirfd, CFS_STORE_TREES_DIR, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	top = openat(store_dirfd, CFS_STORE_TREES_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (top < 0)
+		return -errno;
+	if (mkdirat(top, sub, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	dir = openat(top, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dir < 0)
+		return -errno;
+	r = cfs_tree_file_write(dir, name + 3, t, 0644);
+	return r < 0 ? r : 1;
 }

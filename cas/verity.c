@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cas-internal.h"
 
@@ -32,8 +33,7 @@ const char *cfs_verify_method_name(enum cfs_verify_method m)
 
 int cfs_object_setup_method(struct cfs_cas *cas, struct cfs_object *obj)
 {
-	struct cfs_merkle *t = NULL;
-	int r;
+	struct cfs_merkle *t;
 
 	if (!cas->opts.verify || !obj->has_digest) {
 		/* No digest and not required (the open checked require_digest):
@@ -44,9 +44,9 @@ int cfs_object_setup_method(struct cfs_cas *cas, struct cfs_object *obj)
 
 	if (cas->opts.method != CFS_METHOD_USERSPACE) {
 		uint8_t measured[CFS_DIGEST_SIZE];
+		int r = cas->verity.measure ? cas->verity.measure(cas->verity.userdata, obj->fd, measured)
+					    : -EOPNOTSUPP;
 
-		r = cas->verity.measure ? cas->verity.measure(cas->verity.userdata, obj->fd, measured)
-					: -EOPNOTSUPP;
 		if (r == 0) {
 			/* The kernel checks every block of this file against
 			 * its digest; it must be the digest the image wants. */
@@ -59,39 +59,157 @@ int cfs_object_setup_method(struct cfs_cas *cas, struct cfs_object *obj)
 			return r;
 	}
 
+	/* The tree comes at the first read that needs it; one still in
+	 * memory is free to take now. */
+	obj->method = CFS_VERIFY_USERSPACE;
 	pthread_mutex_lock(&cas->lock);
 	t = cfs_tree_cache_take(&cas->trees, obj->digest);
 	pthread_mutex_unlock(&cas->lock);
 	if (t && t->data_size != obj->size) {
 		/* Cannot be: the digest covers the size.  Do not use it. */
-		cfs_merkle_free(t);
-		t = NULL;
+		t = cfs_merkle_free(t);
 	}
 	if (t) {
 		atomic_fetch_add(&cas->stats.trees_from_memory, 1);
-	} else {
-		r = cfs_tree_cache_load(&cas->trees, obj->size, obj->digest, &t);
-		if (r == 0)
-			atomic_fetch_add(&cas->stats.trees_from_disk, 1);
-		else if (r == -EBADMSG)
-			atomic_fetch_add(&cas->stats.trees_rejected, 1);
-		/* other errors (unreadable cache): rebuild from data */
+		atomic_store_explicit(&obj->tree, t, memory_order_release);
 	}
-	if (!t) {
-		r = cfs_merkle_build_fd(&cas->io, obj->fd, obj->size, obj->digest, &t);
-		if (r < 0)
-			return r;
-		atomic_fetch_add(&cas->stats.trees_built, 1);
-		obj->data_checked = true;
-		r = cfs_tree_cache_store(&cas->trees, t);
-		if (r < 0)
-			atomic_fetch_add(&cas->stats.tree_write_errors, 1); /* not fatal */
-		else if (r > 0)
-			atomic_fetch_add(&cas->stats.trees_written, 1);
-	}
-	obj->tree = t;
-	obj->method = CFS_VERIFY_USERSPACE;
 	return 0;
+}
+
+static int file_ident(int fd, struct cfs_file_ident *ret)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	*ret = (struct cfs_file_ident){ .dev = st.st_dev, .ino = st.st_ino, .size = st.st_size,
+					.mtime = st.st_mtim, .ctime = st.st_ctim };
+	return 0;
+}
+
+static bool ident_equal(const struct cfs_file_ident *a, const struct cfs_file_ident *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	       a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec &&
+	       a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
+
+/* A stored tree (beside the object, then in the tree cache), checked. */
+static int load_tree(struct cfs_cas *cas, struct cfs_object *obj, struct cfs_merkle **ret_tree)
+{
+	char path[sizeof(CFS_STORE_TREES_DIR) + 2 * CFS_DIGEST_SIZE + 2];
+	int fd, r;
+
+	/* Nobody stores trees of objects this small: building costs one
+	 * read of what the caller reads anyway. */
+	if (obj->size <= cas->trees.min_persist_size)
+		return -ENOENT;
+	memcpy(path, CFS_STORE_TREES_DIR "/", sizeof(CFS_STORE_TREES_DIR));
+	cfs_object_path(obj->digest, path + sizeof(CFS_STORE_TREES_DIR));
+	fd = cfs_cas_open_beneath(cas, obj->basedir, path);
+	if (fd >= 0) {
+		r = cfs_tree_file_read(fd, obj->size, obj->digest, ret_tree);
+		close(fd);
+		if (r == 0) {
+			atomic_fetch_add(&cas->stats.trees_from_store, 1);
+			return 0;
+		}
+		/* Not ours to remove: the store belongs to its tools. */
+		if (r == -EBADMSG)
+			atomic_fetch_add(&cas->stats.trees_rejected, 1);
+	}
+	r = cfs_tree_cache_load(&cas->trees, obj->size, obj->digest, ret_tree);
+	if (r == 0)
+		atomic_fetch_add(&cas->stats.trees_from_disk, 1);
+	else if (r == -EBADMSG)
+		atomic_fetch_add(&cas->stats.trees_rejected, 1);
+	return r;
+}
+
+static void persist_tree(struct cfs_cas *cas, struct cfs_object *obj, const struct cfs_merkle *t)
+{
+	int r = 0;
+
+	if (cas->opts.store_trees) {
+		r = cfs_store_tree_write(cas->basedir_fds[obj->basedir], t,
+					 cas->trees.min_persist_size);
+		if (r > 0) {
+			atomic_fetch_add(&cas->stats.trees_written, 1);
+			return;
+		}
+		/* read-only store: the tree cache instead */
+	}
+	r = cfs_tree_cache_store(&cas->trees, t);
+	if (r < 0)
+		atomic_fetch_add(&cas->stats.tree_write_errors, 1); /* not fatal */
+	else if (r > 0)
+		atomic_fetch_add(&cas->stats.trees_written, 1);
+}
+
+/*
+ * Give @obj (USERSPACE) its tree: from memory, from a stored tree, or
+ * built from the data.  One thread does it, others wait.  Data that failed
+ * the digest fails again without a read while the file is unchanged.
+ * With @ret_whole (and a small enough object), a build hands over the data
+ * it verified.  -EBADMSG: the data is not the object; else -errno.
+ */
+static int get_tree(struct cfs_object *obj, void **ret_whole, bool *ret_built)
+{
+	struct cfs_cas *cas = obj->cas;
+	struct cfs_merkle *t = NULL;
+	void *whole = NULL;
+	bool built = false;
+	int r;
+
+	pthread_mutex_lock(&obj->lock);
+	while (obj->building)
+		pthread_cond_wait(&obj->cond, &obj->lock);
+	if (atomic_load_explicit(&obj->tree, memory_order_acquire)) {
+		pthread_mutex_unlock(&obj->lock);
+		return 0;
+	}
+	if (obj->failed) {
+		struct cfs_file_ident id = { 0 };
+
+		if (file_ident(obj->fd, &id) == 0 && ident_equal(&id, &obj->failed_ident)) {
+			pthread_mutex_unlock(&obj->lock);
+			return -EBADMSG;
+		}
+		obj->failed = false;
+	}
+	obj->building = true;
+	pthread_mutex_unlock(&obj->lock);
+
+	r = load_tree(cas, obj, &t);
+	if (r < 0) {
+		bool keep = ret_whole && obj->size <= CFS_KEEP_WHOLE_MAX;
+
+		r = cfs_merkle_build_fd(&cas->io, obj->fd, obj->size, obj->digest, keep ? &whole : NULL, &t);
+		atomic_fetch_add(&cas->stats.bytes_read, obj->size);
+		atomic_fetch_add(&cas->stats.blocks_hashed, (obj->size + BS - 1) / BS);
+		if (r == 0) {
+			built = true;
+			atomic_fetch_add(&cas->stats.trees_built, 1);
+			persist_tree(cas, obj, t);
+		} else if (r != -EBADMSG && r != -ENOMEM) {
+			atomic_fetch_add(&cas->stats.read_io_errors, 1);
+		}
+	}
+
+	pthread_mutex_lock(&obj->lock);
+	obj->building = false;
+	if (r == 0) {
+		atomic_store_explicit(&obj->tree, t, memory_order_release);
+	} else if (r == -EBADMSG && file_ident(obj->fd, &obj->failed_ident) == 0) {
+		obj->failed = true;
+	}
+	pthread_cond_broadcast(&obj->cond);
+	pthread_mutex_unlock(&obj->lock);
+	if (ret_whole)
+		*ret_whole = whole;
+	if (ret_built)
+		*ret_built = built;
+	return r;
 }
 
 /* ---- reads ---- */
@@ -117,9 +235,16 @@ static int seg_done(void *userdata, struct cfs_io_seg *seg)
 
 	/* Shorter: truncated since open.  Longer: the last block was
 	 * requested whole and more than the recorded size came back. */
+	if (seg->res > 0)
+		atomic_fetch_add(&obj->cas->stats.bytes_read, (uint64_t)seg->res);
 	if (seg->res < 0 || (uint64_t)seg->res != expect) {
+		if (seg->res < 0)
+			atomic_fetch_add(&obj->cas->stats.read_io_errors, 1);
 		bad = true;
 	} else if (obj->method == CFS_VERIFY_USERSPACE) {
+		const struct cfs_merkle *t = atomic_load_explicit(&obj->tree, memory_order_acquire);
+
+		atomic_fetch_add(&obj->cas->stats.blocks_hashed, (expect + BS - 1) / BS);
 		for (uint64_t o = 0; o < expect; o += BS) {
 			uint8_t *blk = (uint8_t *)seg->buf + o;
 			uint64_t n = expect - o < BS ? expect - o : BS;
@@ -129,7 +254,7 @@ static int seg_done(void *userdata, struct cfs_io_seg *seg)
 				memset(blk + n, 0, BS - n); /* bounce block: room for padding */
 			cfs_sha256(blk, BS, h);
 			/* Go on after a bad block: each one is counted. */
-			if (cfs_merkle_verify_hash(obj->tree, (seg->off + o) / BS, h) < 0) {
+			if (cfs_merkle_verify_hash(t, (seg->off + o) / BS, h) < 0) {
 				atomic_fetch_add(&obj->cas->stats.blocks_failed, 1);
 				bad = true;
 			}
@@ -211,16 +336,34 @@ static int read_window(struct cfs_object *obj, uint8_t *user, uint64_t off, uint
 	return r < 0 ? r : c.err;
 }
 
-ssize_t cfs_object_pread(struct cfs_object *obj, void *buf, size_t len, uint64_t off)
+ssize_t cfs_object_pread_whole(struct cfs_object *obj, void *buf, size_t len, uint64_t off, void **ret_whole)
 {
 	uint64_t end;
 	int err = 0;
 
+	if (ret_whole)
+		*ret_whole = NULL;
 	if (off >= obj->size || len == 0)
 		return 0;
 	end = obj->size - off < len ? obj->size : off + len;
 	if (end - off > SSIZE_MAX)
 		end = off + SSIZE_MAX;
+	if (obj->method == CFS_VERIFY_USERSPACE && !atomic_load_explicit(&obj->tree, memory_order_acquire)) {
+		void *whole = NULL;
+		int r = get_tree(obj, &whole, NULL);
+
+		if (r < 0)
+			return r == -EBADMSG ? -EIO : r;
+		if (whole) {
+			/* The pass that built the tree read this: serve it. */
+			memcpy(buf, (uint8_t *)whole + off, end - off);
+			if (ret_whole)
+				*ret_whole = whole;
+			else
+				free(whole);
+			return (ssize_t)(end - off);
+		}
+	}
 	/* Windows start on block boundaries so no block is read twice. */
 	for (uint64_t o = off; o < end;) {
 		uint64_t wend = (o / BS) * BS + WINDOW;
@@ -237,6 +380,11 @@ ssize_t cfs_object_pread(struct cfs_object *obj, void *buf, size_t len, uint64_t
 	return err < 0 ? err : (ssize_t)(end - off);
 }
 
+ssize_t cfs_object_pread(struct cfs_object *obj, void *buf, size_t len, uint64_t off)
+{
+	return cfs_object_pread_whole(obj, buf, len, off, NULL);
+}
+
 int cfs_object_check_all(struct cfs_object *obj)
 {
 	_cleanup_free_ uint8_t *buf = NULL;
@@ -244,8 +392,15 @@ int cfs_object_check_all(struct cfs_object *obj)
 
 	if (obj->method == CFS_VERIFY_OFF)
 		return 0;
-	if (obj->method == CFS_VERIFY_USERSPACE && obj->data_checked)
-		return 0;
+	if (obj->method == CFS_VERIFY_USERSPACE && !atomic_load_explicit(&obj->tree, memory_order_acquire)) {
+		bool built = false;
+		int r = get_tree(obj, NULL, &built);
+
+		if (r < 0)
+			return r == -EBADMSG ? -EIO : r;
+		if (built)
+			return 0; /* that pass hashed every block just now */
+	}
 	buf = malloc(WINDOW);
 	if (!buf)
 		return -ENOMEM;

@@ -255,7 +255,9 @@ int cfs_info_verify(struct cfs_image *img, const char *image_path, const char *b
 		    char **argv)
 {
 	struct verify_ctx c = { .img = img };
-	struct cfs_cas_options opts = { .verify = true };
+	/* Trees go beside the objects when the store is writable (where the
+	 * daemon looks first, for every user of the store), else to the cache. */
+	struct cfs_cas_options opts = { .verify = true, .store_trees = true };
 	_cleanup_free_ char *default_cache = NULL;
 	const char *cache = opt_value(argc, argv, "--tree-cache");
 	const char *threads_s = opt_value(argc, argv, "--threads");

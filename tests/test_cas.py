@@ -166,9 +166,11 @@ def test_flipped_byte_with_persisted_tree(tmp, io, where):
             assert x["res"] == min(BS, SIZE - x["off"])
             assert x["sha256"] == sha(data[x["off"]:x["off"] + BS])
     assert st["blocks_failed"] == 1
-    # Without a trusted tree the object does not match its digest at all.
-    r, *_ = cas_read(store, redirect, d, SIZE)
-    assert r == -errno.EIO
+    # Without a trusted tree the object does not match its digest at all:
+    # the open costs nothing, every read fails.
+    r, _, _, reads, st = cas_read(store, redirect, d, SIZE, block_ranges())
+    assert r == 0 and reads and all(x["res"] == -errno.EIO for x in reads)
+    assert st["trees_built"] == 0
 
 
 @pytest.mark.parametrize("io", IO)
@@ -177,7 +179,8 @@ def test_flipped_byte_while_open(tmp, io):
     data = pattern(SIZE, 2)
     store = str(tmp / "s")
     redirect, d, path = put(store, data)
-    p = subprocess.Popen([tool("cas-tool"), "read", io, "--wait", store, redirect, d, str(SIZE),
+    p = subprocess.Popen([tool("cas-tool"), "read", io, "--check-all", "--wait", store, redirect, d,
+                          str(SIZE),
                           *[f"{o}:{n}" for o, n in block_ranges()], f"0:{SIZE}"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     first = json.loads(p.stdout.readline())
@@ -352,7 +355,15 @@ def test_verify_cli(tmp):
     assert b"3 ok, 0 missing, 0 corrupt" in p.stderr
     assert b"\r" not in p.stderr  # no progress line when stderr is not a terminal
     digests = {fsverity_digest(str(tmp / "src" / n)) for n in ("big", "d/mid")}
-    assert set(os.listdir(cache)) == digests  # trees of objects >= 256 KiB persisted
+    # mkcomposefs stored the trees of objects over 128 KiB beside them:
+    # verify checked them, and had nothing to add
+    assert stored_trees(objs) == digests
+    assert not cache.exists() or os.listdir(cache) == []
+    # without them, verify puts them back where they belong
+    shutil.rmtree(objs / ".cfs-trees")
+    p = info_verify(img, objs, f"--tree-cache={cache}")
+    assert p.returncode == 0, p.stderr
+    assert stored_trees(objs) == digests
     # corrupt one object, remove another
     dmid = fsverity_digest(str(tmp / "src/d/mid"))
     dsmall = fsverity_digest(str(tmp / "src/d/small"))
@@ -369,11 +380,28 @@ def test_verify_cli(tmp):
     assert p2.returncode == 1 and sorted(p2.stdout.decode().splitlines()) == lines
 
 
+def stored_trees(objs):
+    """Digests of the trees stored beside the objects."""
+    top = objs / ".cfs-trees"
+    return {d.name + f.name for d in top.iterdir() for f in d.iterdir()} if top.exists() else set()
+
+
 def test_verify_default_cache_dir(tmp):
     files, objs, img = make_image(tmp)
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp / "xdg"))
-    p = info_verify(img, objs, env=env)
+    # a store it cannot write to (a read-only bind mount): the trees go to
+    # the per-user cache
+    shutil.rmtree(objs / ".cfs-trees")
+    ro = tmp / "ro"
+    ro.mkdir()
+    run(["mount", "--bind", str(objs), str(ro)])
+    try:
+        run(["mount", "-o", "remount,bind,ro", str(ro)])
+        p = info_verify(img, ro, env=env)
+    finally:
+        run(["umount", str(ro)])
     assert p.returncode == 0, p.stderr
+    assert not (objs / ".cfs-trees").exists()
     assert len(os.listdir(tmp / "xdg" / "composefs-fuse")) == 2
     # a store path that does not exist is an error, not "all fine"
     p = info_verify(img, tmp / "nope", env=env)

@@ -189,8 +189,10 @@ static void test_known_digests(void)
 		cas = open_cas(store, &opts);
 		CHECK_EQ(open_obj(cas, &o, &obj), 0);
 		CHECK_EQ(cfs_object_method(obj), CFS_VERIFY_USERSPACE);
-		CHECK(memcmp(obj->tree->digest, want, CFS_DIGEST_SIZE) == 0);
+		CHECK(obj->tree == NULL); /* nothing read or hashed at open */
 		CHECK_EQ(read_check(obj, &o, 0, vec[i].len + 10), vec[i].len);
+		CHECK_EQ(cfs_object_check_all(obj), 0);
+		CHECK(memcmp(obj->tree->digest, want, CFS_DIGEST_SIZE) == 0);
 		/* unaligned reads across block boundaries */
 		if (vec[i].len > 5000)
 			CHECK_EQ(read_check(obj, &o, 4000, 1000), 1000);
@@ -199,18 +201,21 @@ static void test_known_digests(void)
 	}
 }
 
-/* Three-level tree (64 MiB + 1 byte, sparse), every path of the walk. */
-static void test_deep_tree_and_walk(void)
+/* Three-level tree (64 MiB + 1 byte, sparse): the digest of a tree with
+ * upper levels, the stored leaf level read back, a wrong leaf. */
+static void test_deep_tree(void)
 {
 	_cleanup_free_ char *store = new_store("deep");
 	struct cfs_cas_options opts = { .verify = true, .method = CFS_METHOD_USERSPACE };
 	_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = NULL;
 	_cleanup_(cfs_object_unrefp) struct cfs_object *obj = NULL;
+	_cleanup_(cfs_merkle_freep) struct cfs_merkle *back = NULL;
 	uint8_t want[CFS_DIGEST_SIZE], buf[8192];
 	uint64_t size = 128ULL * 128 * 4096 + 1;
 	char hex[65], *dir, *path;
 	struct cfs_merkle *t;
-	int fd;
+	struct cfs_cas_stats st;
+	int fd, dfd;
 
 	CHECK(cfs_digest_from_hex("4d68c6bfc7535e8fdd462db0ac8becf1a4028f2437831949455736fd86c98fef", want) == 0);
 	cfs_digest_to_hex(want, hex);
@@ -225,35 +230,46 @@ static void test_deep_tree_and_walk(void)
 
 	cas = open_cas(store, &opts);
 	CHECK_EQ(cfs_cas_open_object(cas, NULL, 0, want, size, &obj), 0);
-	t = obj->tree;
-	CHECK_EQ(t->levels, 3);
-	CHECK_EQ(t->level_blocks[0], 129);
-	CHECK_EQ(t->level_blocks[1], 2);
-	CHECK_EQ(t->level_blocks[2], 1);
-
-	/* Forget that the tree was verified and corrupt one leaf block: the
-	 * walk must notice, for every data block below that leaf block only. */
-	memset((void *)t->verified, 0, (t->tree_blocks + 63) / 64 * 8);
-	t->tree[(t->level_start[0] + 5) * 4096 + 100] ^= 1;
-	CHECK_EQ(cfs_object_pread(obj, buf, 4096, 5 * 128 * 4096), -EIO);      /* under leaf block 5 */
-	CHECK_EQ(cfs_object_pread(obj, buf, 4096, 6 * 128 * 4096), 4096);      /* leaf block 6 */
-	CHECK(buf[0] == 0 && buf[4095] == 0);
-	CHECK_EQ(cfs_object_pread(obj, buf, 4096, size - 1), 1);              /* last block */
-	CHECK(buf[0] == 'x');
-	/* leaf 6, level-1 block 0 and the top block are proven now */
-	CHECK(atomic_load(&t->verified[(t->level_start[0] + 6) / 64]) & (1ULL << ((t->level_start[0] + 6) % 64)));
-	CHECK(!(atomic_load(&t->verified[(t->level_start[0] + 5) / 64]) & (1ULL << ((t->level_start[0] + 5) % 64))));
-	CHECK(atomic_load(&t->verified[0]) & 1); /* root level block is block 0 */
-	t->tree[(t->level_start[0] + 5) * 4096 + 100] ^= 1;
-	CHECK_EQ(cfs_object_pread(obj, buf, 4096, 5 * 128 * 4096), 4096);
-
-	/* Corrupt an upper-level block: everything below it is refused. */
-	memset((void *)t->verified, 0, (t->tree_blocks + 63) / 64 * 8);
-	t->tree[t->level_start[1] * 4096 + 7] ^= 0x80; /* level-1 block 0 covers leaves 0..127 */
-	CHECK_EQ(cfs_object_pread(obj, buf, 4096, 0), -EIO);
-	CHECK_EQ(cfs_object_pread(obj, buf, 4096, size - 1), 1);            /* under level-1 block 1 */
-	t->tree[t->level_start[1] * 4096 + 7] ^= 0x80;
+	/* larger than what is kept whole: built in one streaming pass */
 	CHECK_EQ(cfs_object_pread(obj, buf, 4096, 0), 4096);
+	t = obj->tree;
+	CHECK(t != NULL);
+	CHECK_EQ(t->data_blocks, 128 * 128 + 1);
+	CHECK_EQ(cfs_merkle_bytes(t), sizeof(*t) + (128 * 128 + 1) * 32);
+	cfs_cas_get_stats(cas, &st);
+	CHECK_EQ(st.trees_built, 1);
+	CHECK_EQ(st.bytes_read, size + 4096); /* the build, then the block read */
+	CHECK_EQ(st.blocks_hashed, 128 * 128 + 1 + 1);
+
+	/* the stored form (leaves padded to 3 blocks) reads back to the same tree */
+	dfd = open(tmpdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	CHECK(dfd >= 0);
+	CHECK_EQ(cfs_tree_file_write(dfd, "deep.tree", t, 0600), 0);
+	fd = openat(dfd, "deep.tree", O_RDONLY | O_CLOEXEC);
+	CHECK(fd >= 0);
+	CHECK_EQ(cfs_tree_file_read(fd, size, want, &back), 0);
+	CHECK(memcmp(back->leaves, t->leaves, t->data_blocks * 32) == 0);
+	close(fd);
+	/* ... and not as the tree of another size or digest */
+	fd = openat(dfd, "deep.tree", O_RDONLY | O_CLOEXEC);
+	CHECK_EQ(cfs_tree_file_read(fd, size - 1, want, &back), -EBADMSG);
+	want[3] ^= 1;
+	CHECK_EQ(cfs_tree_file_read(fd, size, want, &back), -EBADMSG);
+	want[3] ^= 1;
+	close(fd);
+	CHECK(unlinkat(dfd, "deep.tree", 0) == 0);
+	close(dfd);
+
+	/* a wrong leaf fails its block and only that one */
+	t->leaves[5 * 128 * 32 + 3] ^= 1;
+	CHECK_EQ(cfs_object_pread(obj, buf, 4096, 5 * 128 * 4096), -EIO);
+	CHECK_EQ(cfs_object_pread(obj, buf, 4096, 6 * 128 * 4096), 4096);
+	CHECK(buf[0] == 0 && buf[4095] == 0);
+	CHECK_EQ(cfs_object_pread(obj, buf, 4096, size - 1), 1); /* last block */
+	CHECK(buf[0] == 'x');
+	CHECK_EQ(cfs_object_check_all(obj), -EIO);
+	t->leaves[5 * 128 * 32 + 3] ^= 1;
+	CHECK_EQ(cfs_object_pread(obj, buf, 4096, 5 * 128 * 4096), 4096);
 	CHECK(cfs_object_check_all(obj) == 0);
 
 	free(dir);
@@ -280,6 +296,7 @@ static void test_corruption_after_open(void)
 		put_object(store, data, size, &o);
 		cas = open_cas(store, &opts);
 		CHECK_EQ(open_obj(cas, &o, &obj), 0);
+		CHECK_EQ(read_check(obj, &o, 0, size), size); /* builds the tree */
 		patch_file(o.path, spots[i], 0x20);
 
 		CHECK_EQ(read_check(obj, &o, bad, 4096), -EIO);
@@ -295,19 +312,34 @@ static void test_corruption_after_open(void)
 				CHECK(read_check(obj, &o, b, 4096) > 0);
 		}
 		CHECK(read_check(obj, &o, 0, size) == -EIO);
-		CHECK(cfs_object_check_all(obj) == 0); /* built from data: already hashed */
+		CHECK(cfs_object_check_all(obj) == -EIO);
 		{
 			struct cfs_cas_stats st;
 
 			cfs_cas_get_stats(cas, &st);
 			CHECK(st.blocks_failed >= 3);
 		}
-		/* A fresh store sees a corrupt object: refused at open. */
+		/* A fresh store sees a corrupt object: its tree cannot be
+		 * built, every read fails, and the unchanged file is not read
+		 * again to find that out. */
 		{
 			_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas2 = open_cas(store, &opts);
 			struct cfs_object *o2 = NULL;
+			struct cfs_cas_stats st;
 
-			CHECK_EQ(open_obj(cas2, &o, &o2), -EIO);
+			CHECK_EQ(open_obj(cas2, &o, &o2), 0);
+			CHECK_EQ(read_check(o2, &o, bad == 0 ? 8192 : 0, 4096), -EIO);
+			CHECK_EQ(read_check(o2, &o, 0, size), -EIO);
+			cfs_cas_get_stats(cas2, &st);
+			CHECK_EQ(st.bytes_read, size);
+			CHECK_EQ(st.trees_built, 0);
+			cfs_object_unref(o2);
+			/* repaired: read again, and served (a later mtime) */
+			usleep(20000);
+			patch_file(o.path, spots[i], 0x20);
+			CHECK_EQ(open_obj(cas2, &o, &o2), 0);
+			CHECK_EQ(read_check(o2, &o, 0, size), size);
+			cfs_object_unref(o2);
 		}
 		free_object(&o);
 	}
@@ -356,6 +388,7 @@ static void test_truncate_extend(void)
 		_cleanup_(cfs_object_unrefp) struct cfs_object *obj = NULL;
 
 		CHECK_EQ(open_obj(cas, &o, &obj), 0);
+		CHECK_EQ(read_check(obj, &o, 0, 4096), 4096); /* the tree, from the data */
 		/* extended after open: the last block comes back too long */
 		CHECK(truncate(o.path, (off_t)size + 10) == 0);
 		CHECK_EQ(read_check(obj, &o, 10 * 4096, 100), -EIO);
@@ -375,7 +408,10 @@ static void test_truncate_extend(void)
 		CHECK(truncate(o.path, (off_t)size + 1) == 0);
 		CHECK_EQ(open_obj(cas, &o, &obj), -EIO);
 		CHECK(truncate(o.path, (off_t)size) == 0);
-		CHECK_EQ(open_obj(cas, &o, &obj), -EIO); /* last byte is now 0 */
+		/* the size is right again, the content not: the last byte is 0 */
+		CHECK_EQ(open_obj(cas, &o, &obj), 0);
+		CHECK_EQ(read_check(obj, &o, 0, 4096), -EIO);
+		cfs_object_unref(obj);
 	}
 	free_object(&o);
 }
@@ -694,20 +730,35 @@ static void test_tree_cache(void)
 
 		CHECK_EQ(open_obj(cas, &o, &obj), 0);
 		cfs_cas_get_stats(cas, &st);
+		CHECK_EQ(st.trees_built, 0); /* nothing at open */
+		CHECK_EQ(read_check(obj, &o, 0, 4096), 4096);
+		cfs_cas_get_stats(cas, &st);
 		CHECK_EQ(st.trees_built, 1);
 		CHECK_EQ(st.trees_written, 1);
 		CHECK(stat(cfile, &sb) == 0);
 		CHECK_EQ(sb.st_size, 64 + 3 * 4096); /* header + leaf level */
 		CHECK_EQ(sb.st_mode & 0777, 0600);
 		cfs_object_unref(obj);
-		/* memory LRU on the next open */
+		/* kept open while idle: the next open costs nothing */
+		CHECK_EQ(open_obj(cas, &o, &obj), 0);
+		CHECK(obj->tree != NULL);
+		cfs_object_unref(obj);
+		cfs_cas_get_stats(cas, &st);
+		CHECK_EQ(st.objects_opened, 1);
+		CHECK_EQ(st.idle_objects, 1);
+		/* closed: its tree waits in the memory LRU */
+		pthread_mutex_lock(&cas->lock);
+		cfs_cas_trim_idle(cas, 0);
+		pthread_mutex_unlock(&cas->lock);
+		cfs_cas_get_stats(cas, &st);
+		CHECK_EQ(st.idle_objects, 0);
+		CHECK_EQ(st.lru_bytes, sizeof(struct cfs_merkle) + 301 * 32);
 		CHECK_EQ(open_obj(cas, &o, &obj), 0);
 		cfs_cas_get_stats(cas, &st);
 		CHECK_EQ(st.trees_from_memory, 1);
 		CHECK_EQ(st.trees_built, 1);
+		CHECK_EQ(st.objects_opened, 2);
 		cfs_object_unref(obj);
-		cfs_cas_get_stats(cas, &st);
-		CHECK(st.lru_bytes > 3 * 4096);
 	}
 	{
 		/* new store: the persisted tree is used; data corruption is
@@ -717,10 +768,10 @@ static void test_tree_cache(void)
 
 		patch_file(o.path, 100 * 4096 + 5, 4);
 		CHECK_EQ(open_obj(cas, &o, &obj), 0);
+		CHECK_EQ(read_check(obj, &o, 100 * 4096, 4096), -EIO);
 		cfs_cas_get_stats(cas, &st);
 		CHECK_EQ(st.trees_from_disk, 1);
 		CHECK_EQ(st.trees_built, 0);
-		CHECK_EQ(read_check(obj, &o, 100 * 4096, 4096), -EIO);
 		CHECK_EQ(read_check(obj, &o, 99 * 4096, 4096), 4096);
 		CHECK_EQ(read_check(obj, &o, 101 * 4096, size - 101 * 4096), size - 101 * 4096);
 		CHECK_EQ(cfs_object_check_all(obj), -EIO);
@@ -737,11 +788,11 @@ static void test_tree_cache(void)
 
 			patch_file(cfile, spots[i], 0x01);
 			CHECK_EQ(open_obj(cas, &o, &obj), 0);
+			CHECK_EQ(read_check(obj, &o, 0, size), size);
 			cfs_cas_get_stats(cas, &st);
 			CHECK_EQ(st.trees_rejected, 1);
 			CHECK_EQ(st.trees_built, 1);
 			CHECK_EQ(st.trees_written, 1);
-			CHECK_EQ(read_check(obj, &o, 0, size), size);
 		}
 		/* truncated and extended cache files, a symlink in its place */
 		for (int k = 0; k < 3; k++) {
@@ -758,6 +809,7 @@ static void test_tree_cache(void)
 				CHECK(truncate(cfile, k == 0 ? 64 + 4096 : 64 + 4 * 4096) == 0);
 			}
 			CHECK_EQ(open_obj(cas, &o, &obj), 0);
+			CHECK_EQ(read_check(obj, &o, 0, 4096), 4096);
 			cfs_cas_get_stats(cas, &st);
 			CHECK_EQ(st.trees_from_disk, 0);
 			CHECK_EQ(st.trees_built, 1);
@@ -778,13 +830,15 @@ static void test_tree_cache(void)
 static void test_lru_bound(void)
 {
 	_cleanup_free_ char *store = new_store("lru");
-	struct cfs_cas_options opts = { .verify = true, .tree_cache_bytes = 3 * 4096 + 2000 };
+	/* one idle object; room for one closed object's tree */
+	struct cfs_cas_options opts = { .verify = true, .max_idle_objects = 1,
+					.tree_cache_bytes = sizeof(struct cfs_merkle) + 200 * 32 + 100 };
 	_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = NULL;
 	struct obj_info o[4];
 	struct cfs_cas_stats st;
 
 	for (int i = 0; i < 4; i++) {
-		uint8_t *d = pattern(200 * 4096, 10 + (unsigned)i); /* 2 tree blocks each */
+		uint8_t *d = pattern(200 * 4096, 10 + (unsigned)i);
 
 		put_object(store, d, 200 * 4096, &o[i]);
 		free(d);
@@ -794,17 +848,26 @@ static void test_lru_bound(void)
 		struct cfs_object *obj = NULL;
 
 		CHECK_EQ(open_obj(cas, &o[i], &obj), 0);
+		CHECK_EQ(read_check(obj, &o[i], 0, 4096), 4096);
 		cfs_object_unref(obj);
 		cfs_cas_get_stats(cas, &st);
 		CHECK(st.lru_bytes <= opts.tree_cache_bytes);
+		CHECK_EQ(st.idle_objects, 1);
 	}
+	cfs_cas_get_stats(cas, &st);
+	CHECK_EQ(st.objects_evicted, 3);
 	{
 		struct cfs_object *obj = NULL;
 
-		/* only the most recent one fits */
+		/* 3 is idle, 2's tree is in the LRU, 0's and 1's are gone */
 		CHECK_EQ(open_obj(cas, &o[3], &obj), 0);
+		CHECK_EQ(read_check(obj, &o[3], 0, 4096), 4096);
+		cfs_object_unref(obj);
+		CHECK_EQ(open_obj(cas, &o[2], &obj), 0);
+		CHECK_EQ(read_check(obj, &o[2], 0, 4096), 4096);
 		cfs_object_unref(obj);
 		CHECK_EQ(open_obj(cas, &o[0], &obj), 0);
+		CHECK_EQ(read_check(obj, &o[0], 0, 4096), 4096);
 		cfs_object_unref(obj);
 		cfs_cas_get_stats(cas, &st);
 		CHECK_EQ(st.trees_from_memory, 1);
@@ -812,6 +875,110 @@ static void test_lru_bound(void)
 	}
 	for (int i = 0; i < 4; i++)
 		free_object(&o[i]);
+}
+
+/* Trees stored beside the objects (as mkcomposefs --digest-store and
+ * composefs-info verify write them): used when they check out, ignored
+ * (and left alone) when they do not; and the whole object is read and
+ * hashed once when there is none. */
+static void test_store_trees(void)
+{
+	_cleanup_free_ char *store = new_store("stree");
+	size_t size = 1048577;
+	_cleanup_free_ uint8_t *data = pattern(size, 40);
+	struct cfs_cas_options opts = { .verify = true, .store_trees = true };
+	struct cfs_cas_stats st;
+	struct obj_info o;
+	char name[80], hex[65], *tfile;
+	struct stat sb;
+
+	put_object(store, data, size, &o);
+	cfs_digest_to_hex(o.digest, hex);
+	snprintf(name, sizeof(name), "%s/%.2s/%s", CFS_STORE_TREES_DIR, hex, hex + 2);
+	tfile = pathf("%s/%s", store, name);
+	{
+		/* no tree anywhere: one pass reads and hashes it, and the
+		 * verified copy comes back whole */
+		_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = open_cas(store, &opts);
+		_cleanup_(cfs_object_unrefp) struct cfs_object *obj = NULL;
+		uint8_t *buf = malloc(131072);
+		void *whole = NULL;
+
+		CHECK_EQ(open_obj(cas, &o, &obj), 0);
+		CHECK_EQ(cfs_object_pread_whole(obj, buf, 131072, 0, &whole), 131072);
+		CHECK(whole != NULL && memcmp(whole, data, size) == 0);
+		CHECK(memcmp(buf, data, 131072) == 0);
+		free(whole);
+		cfs_cas_get_stats(cas, &st);
+		CHECK_EQ(st.bytes_read, size);
+		CHECK_EQ(st.blocks_hashed, 257);
+		CHECK_EQ(st.trees_built, 1);
+		CHECK_EQ(st.trees_written, 1); /* into the store: store_trees */
+		CHECK(stat(tfile, &sb) == 0);
+		CHECK_EQ(sb.st_mode & 0777, 0644);
+		/* then block by block */
+		CHECK_EQ(cfs_object_pread_whole(obj, buf, 4096, 8192, &whole), 4096);
+		CHECK(whole == NULL);
+		free(buf);
+	}
+	{
+		/* the daemon's way: the stored tree is found and checked */
+		struct cfs_cas_options ro = { .verify = true };
+		_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = open_cas(store, &ro);
+		_cleanup_(cfs_object_unrefp) struct cfs_object *obj = NULL;
+
+		CHECK_EQ(open_obj(cas, &o, &obj), 0);
+		CHECK_EQ(read_check(obj, &o, 4096, 4096), 4096);
+		cfs_cas_get_stats(cas, &st);
+		CHECK_EQ(st.trees_from_store, 1);
+		CHECK_EQ(st.trees_built, 0);
+		CHECK_EQ(st.bytes_read, 4096);
+	}
+	{
+		/* a corrupt stored tree is not used, not removed, and the tree is
+		 * rebuilt from the data */
+		struct cfs_cas_options ro = { .verify = true };
+		_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = open_cas(store, &ro);
+		_cleanup_(cfs_object_unrefp) struct cfs_object *obj = NULL;
+
+		patch_file(tfile, 64 + 32 * 7, 1);
+		CHECK_EQ(open_obj(cas, &o, &obj), 0);
+		CHECK_EQ(read_check(obj, &o, 0, size), size);
+		cfs_cas_get_stats(cas, &st);
+		CHECK_EQ(st.trees_from_store, 0);
+		CHECK_EQ(st.trees_rejected, 1);
+		CHECK_EQ(st.trees_built, 1);
+		CHECK(stat(tfile, &sb) == 0);
+	}
+	{
+		/* a stored tree that is another object's */
+		struct cfs_cas_options ro = { .verify = true };
+		_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = open_cas(store, &ro);
+		_cleanup_(cfs_object_unrefp) struct cfs_object *obj = NULL;
+		_cleanup_(cfs_merkle_freep) struct cfs_merkle *t = NULL;
+		uint8_t *other = pattern(size, 41);
+		char *opath = pathf("%s/other", tmpdir);
+		int fd, sfd;
+
+		write_file(opath, other, size);
+		fd = open(opath, O_RDONLY | O_CLOEXEC);
+		CHECK_EQ(cfs_merkle_build_fd(&cas->io, fd, size, NULL, NULL, &t), 0);
+		close(fd);
+		memcpy(t->digest, o.digest, CFS_DIGEST_SIZE); /* claims to be o's */
+		sfd = open(store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		CHECK_EQ(cfs_store_tree_write(sfd, t, 0), 1);
+		close(sfd);
+		CHECK_EQ(open_obj(cas, &o, &obj), 0);
+		CHECK_EQ(read_check(obj, &o, 0, size), size);
+		cfs_cas_get_stats(cas, &st);
+		CHECK_EQ(st.trees_rejected, 1);
+		CHECK_EQ(st.trees_built, 1);
+		free(other);
+		unlink(opath);
+		free(opath);
+	}
+	free(tfile);
+	free_object(&o);
 }
 
 static void test_basedirs(void)
@@ -928,7 +1095,7 @@ static void test_default_dir(void)
 static void run_all(void)
 {
 	test_known_digests();
-	test_deep_tree_and_walk();
+	test_deep_tree();
 	test_corruption_after_open();
 	test_random_ranges();
 	test_truncate_extend();
@@ -939,6 +1106,7 @@ static void run_all(void)
 	test_no_digest_and_off();
 	test_tree_cache();
 	test_lru_bound();
+	test_store_trees();
 	test_basedirs();
 	test_threads();
 }
