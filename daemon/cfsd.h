@@ -49,10 +49,8 @@ enum cfsd_passthrough {
 	CFSD_PT_ALWAYS, /* also for userspace-verified objects, checked whole at open */
 };
 
-/* enum cfs_verify_method values (OFF, KERNEL, USERSPACE) counted per object. */
-#define CFSD_N_METHODS 3
-
 struct cfsd_stats {
+	atomic_uint_fast64_t opens;             /* open requests reaching us */
 	atomic_uint_fast64_t opens_image;       /* data served from the image */
 	atomic_uint_fast64_t opens_daemon;      /* external, read through cas */
 	atomic_uint_fast64_t opens_passthrough; /* external, read by the kernel */
@@ -60,10 +58,9 @@ struct cfsd_stats {
 	atomic_uint_fast64_t reads;             /* read requests reaching us */
 	atomic_uint_fast64_t read_bytes;
 	atomic_uint_fast64_t read_errors;
+	atomic_uint_fast64_t pushed_bytes;      /* verified data stored into the page cache */
 	atomic_uint_fast64_t lookups;           /* lookup requests reaching us */
 	atomic_uint_fast64_t readdirs;          /* readdir(plus) requests */
-	/* objects set up for an open inode, by verification method */
-	atomic_uint_fast64_t objects_by_method[CFSD_N_METHODS];
 };
 
 /* Option values, indexed by the enums (the first is the default). */
@@ -101,6 +98,8 @@ struct cfsd {
 	struct cfsd_stats stats;
 	atomic_bool logged_datapath;
 	bool notify;         /* send READY=1 to $NOTIFY_SOCKET once up */
+	bool single_thread;  /* the session loop runs on one thread */
+	int image_fd;        /* the image file, O_RDONLY (probes passthrough) */
 };
 
 /* The daemon instance (one per process); used where libfuse gives no

@@ -1,13 +1,27 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Open files and the data path.  A regular file's content comes either
- * from the image (inline or plain data: fh == 0) or, for external files,
- * from an object in the store.  An external inode that is open has one
- * struct open_inode holding the verified object and, when the kernel reads
- * it directly (passthrough), the one backing id registered for it; both are
- * released on the inode's last release.  Whether an inode is passthrough or
- * daemon-served is decided once per open_inode, because the kernel refuses
- * to mix cached and passthrough opens of one inode.
+ * from the image (inline or plain data) or, for external files, from an
+ * object in the store.
+ *
+ * Which of two modes a mount runs in is decided at the first OPEN, once
+ * INIT has told what the kernel offers:
+ *  - no-open (every mount whose reads are daemon-served: an ordinary
+ *    user's, or root's without kernel fs-verity in the store): OPEN is
+ *    answered ENOSYS, after which the kernel sends no OPEN or RELEASE for
+ *    the rest of the connection and keeps the page cache; a READ finds its
+ *    object by inode.  The store keeps objects it verified open, with their
+ *    trees, so a READ after the first costs no setup.
+ *  - open (a mount that may hand the kernel backing files): an external
+ *    inode that is open has one struct open_inode holding the object and,
+ *    when the kernel reads it directly (passthrough), the one backing id
+ *    registered for it; both are released on the inode's last release.
+ *    Whether an inode is passthrough or daemon-served is decided once per
+ *    open_inode, because the kernel refuses to mix cached and passthrough
+ *    opens of one inode.
+ * When a READ makes the store read and hash a whole object to build its
+ * tree, the rest of that verified data goes straight into the kernel's
+ * page cache (notify_store), so the object is not read and hashed again.
  */
 #include "config.h"
 
@@ -34,8 +48,15 @@ struct open_inode {
 	atomic_bool read_error_logged;
 };
 
+enum files_mode {
+	MODE_UNDECIDED,
+	MODE_OPEN,
+	MODE_NO_OPEN,
+};
+
 struct cfsd_files {
 	pthread_mutex_t lock;
+	_Atomic int mode;       /* enum files_mode, set once under @lock */
 	struct open_inode *buckets[BUCKETS];
 	/* nids whose open failure was already logged: one line per object */
 	uint64_t logged[LOGGED_MAX];
@@ -241,76 +262,138 @@ static void log_datapath(struct cfsd *d, bool passthrough, enum cfs_verify_metho
 		 cfs_verify_method_name(m), d->cas ? cfs_cas_io_backend(d->cas) : "none");
 }
 
-/* Open the object of @ci and decide its data path.  Called with oi->lock. */
-static int open_object(fuse_req_t req, struct cfsd *d, struct open_inode *oi,
-		       const struct cfs_inode *ci, const struct cfs_backing *bp)
+/* Get the verified object of external file @ci (a reference), logging a
+ * failure once per file.  Returns 0, -EIO or -ENOMEM. */
+static int get_object(struct cfsd *d, const struct cfs_inode *ci, const struct cfs_backing *bp,
+		      struct cfs_object **ret_obj)
 {
 	const struct cfs_backing b = *bp;
 	char where[1024], what[320];
-	enum cfs_verify_method m;
 	int r;
 
-	object_name(&b, what, sizeof(what));
 	/*
 	 * No redirect: cfs_cas_open_object() could open the object by its
 	 * digest, but the kernel's composefs mount never serves such a file:
 	 * overlayfs reaches a data-only layer only through a redirect, so the
 	 * lookup fails with EIO ("metacopy with no lower data found") while
 	 * readdir lists the name.  ops.c fails the lookup the same way, so the
-	 * kernel holds no inode of ours to open; refuse here too rather than
+	 * kernel holds no inode of ours to read; refuse here too rather than
 	 * serve content the kernel mount would not.
 	 */
-	if (!b.redirect) {
-		r = -ENOENT;
-		goto fail_msg;
-	}
-	if (!d->cas) {
+	if (!b.redirect || !d->cas) {
 		r = -ENOENT;
 		goto fail_msg;
 	}
 	r = cfs_cas_open_object(d->cas, b.redirect, b.redirect_len, b.has_digest ? b.digest : NULL,
-				ci->size, &oi->obj);
+				ci->size, ret_obj);
 	if (r == -ENOKEY) {
 		/* verity=require (the store's require_digest) and no digest. */
 		if (cfsd_first_error(d, ci->nid)) {
+			object_name(&b, what, sizeof(what));
 			cfsd_describe_nid(d, ci->nid, where, sizeof(where));
 			cfsd_log(FUSE_LOG_ERR, "%s: object %s has no fs-verity digest and verity=require\n",
 				 where, what);
 		}
 		return -EIO;
 	}
-	if (r < 0)
-		goto fail_msg;
-
-	m = cfs_object_method(oi->obj);
-	if (cfsd_pt_available() && d->passthrough != CFSD_PT_OFF &&
-	    (m != CFS_VERIFY_USERSPACE || d->passthrough == CFSD_PT_ALWAYS)) {
-		/* passthrough=always: every block checked before the kernel
-		 * reads the backing file unchecked (free when the open just
-		 * hashed the whole object to build its tree). */
-		if (m == CFS_VERIFY_USERSPACE) {
-			r = cfs_object_check_all(oi->obj);
-			if (r < 0) {
-				oi->obj = cfs_object_unref(oi->obj);
-				goto fail_msg;
-			}
-		}
-		r = cfsd_pt_backing_open(req, cfs_object_fd(oi->obj));
-		if (r >= 0)
-			oi->backing_id = r;
-	}
-	atomic_fetch_add(&d->stats.objects_by_method[m < CFSD_N_METHODS ? m : CFS_VERIFY_OFF], 1);
-	log_datapath(d, oi->backing_id >= 0, m);
-	return 0;
+	if (r == 0)
+		return 0;
 
 fail_msg:
 	if (cfsd_first_error(d, ci->nid)) {
+		object_name(&b, what, sizeof(what));
 		cfsd_describe_nid(d, ci->nid, where, sizeof(where));
 		cfsd_log(FUSE_LOG_ERR, "%s: cannot open object %s: %s\n", where, what,
 			 !b.redirect ? "no redirect (the kernel mount cannot look it up either)" :
 			 !d->cas && r == -ENOENT ? "no basedir= given" : object_error(r, false));
 	}
 	return r == -ENOMEM ? -ENOMEM : -EIO;
+}
+
+/* Open the object of @ci and decide its data path.  Called with oi->lock. */
+static int open_object(fuse_req_t req, struct cfsd *d, struct open_inode *oi,
+		       const struct cfs_inode *ci, const struct cfs_backing *b)
+{
+	enum cfs_verify_method m;
+	int r;
+
+	r = get_object(d, ci, b, &oi->obj);
+	if (r < 0)
+		return r;
+	m = cfs_object_method(oi->obj);
+	if (cfsd_pt_available() && d->passthrough != CFSD_PT_OFF &&
+	    (m != CFS_VERIFY_USERSPACE || d->passthrough == CFSD_PT_ALWAYS)) {
+		/* passthrough=always: every block checked before the kernel
+		 * reads the backing file unchecked (free when the tree is
+		 * built now, from this very data). */
+		if (m == CFS_VERIFY_USERSPACE) {
+			r = cfs_object_check_all(oi->obj);
+			if (r < 0) {
+				char where[1024];
+
+				oi->obj = cfs_object_unref(oi->obj);
+				if (cfsd_first_error(d, ci->nid)) {
+					cfsd_describe_nid(d, ci->nid, where, sizeof(where));
+					cfsd_log(FUSE_LOG_ERR, "%s: object refused for passthrough: %s\n",
+						 where, object_error(r, true));
+				}
+				return r == -ENOMEM ? -ENOMEM : -EIO;
+			}
+		}
+		r = cfsd_pt_backing_open(req, cfs_object_fd(oi->obj));
+		if (r >= 0)
+			oi->backing_id = r;
+	}
+	log_datapath(d, oi->backing_id >= 0, m);
+	return 0;
+}
+
+/*
+ * Decide, at the first OPEN, whether this connection can use passthrough
+ * at all: only then does it need OPEN and RELEASE.  Passthrough needs the
+ * kernel to have accepted it at INIT, the right to register backing files
+ * (CAP_SYS_ADMIN: tried once on the image file) and objects it may hand
+ * over: kernel fs-verity in the store, verity=off or passthrough=always.
+ */
+static enum files_mode decide_mode(fuse_req_t req, struct cfsd *d)
+{
+	struct cfsd_files *f = d->files;
+	enum files_mode mode = atomic_load(&f->mode);
+	const char *why = NULL;
+
+	if (mode != MODE_UNDECIDED)
+		return mode;
+	pthread_mutex_lock(&f->lock);
+	mode = atomic_load(&f->mode);
+	if (mode == MODE_UNDECIDED) {
+		mode = MODE_NO_OPEN;
+		if (!d->cas)
+			why = "no object store";
+		else if (d->passthrough == CFSD_PT_OFF)
+			why = "passthrough=off";
+		else if (!cfsd_pt_available())
+			why = "the kernel offers no passthrough";
+		else if (d->verity != CFSD_VERITY_OFF && d->passthrough != CFSD_PT_ALWAYS &&
+			 !cfs_cas_kernel_verity_possible(d->cas))
+			why = "no kernel fs-verity in the store";
+		else {
+			int id = cfsd_pt_backing_open(req, d->image_fd);
+
+			if (id >= 0) {
+				cfsd_pt_backing_close(req, id);
+				mode = MODE_OPEN;
+				why = "passthrough possible";
+			} else {
+				why = "passthrough not permitted";
+			}
+		}
+		atomic_store(&f->mode, mode);
+		cfsd_log(FUSE_LOG_NOTICE, "open mode: %s (%s)\n",
+			 mode == MODE_OPEN ? "OPEN and RELEASE reach the daemon" :
+					     "no-open, the kernel sends no OPEN or RELEASE", why);
+	}
+	pthread_mutex_unlock(&f->lock);
+	return mode;
 }
 
 void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -321,8 +404,15 @@ void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct cfs_inode ci;
 	int r;
 
+	atomic_fetch_add(&d->stats.opens, 1);
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
 		return (void)fuse_reply_err(req, EROFS);
+	if (decide_mode(req, d) == MODE_NO_OPEN) {
+		/* The kernel then opens every file itself, with keep_cache,
+		 * and sends no RELEASE.  The mount is read-only: the VFS
+		 * refuses writes before they reach FUSE. */
+		return (void)fuse_reply_err(req, ENOSYS);
+	}
 	r = cfsd_get_inode(d, ino, &ci);
 	if (r < 0)
 		return (void)fuse_reply_err(req, -r);
@@ -376,12 +466,67 @@ void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		open_inode_put(NULL, d, oi);
 }
 
+/*
+ * Hand the verified copy @whole of a whole object to the kernel's page
+ * cache, apart from [@skip_off, @skip_end), the pages of the READ being
+ * answered (the kernel holds them locked until the reply fills them).
+ * Never from the single-threaded loop: a store into a page that another
+ * READ holds locked waits for that READ's reply, which only another thread
+ * can send.  Best effort: a page the kernel does not take is read again
+ * later, verified again.
+ */
+static void push_to_cache(struct cfsd *d, fuse_ino_t ino, const uint8_t *whole, uint64_t size,
+			  uint64_t skip_off, uint64_t skip_end)
+{
+	const uint64_t chunk = 1 << 20;
+	uint64_t ranges[2][2] = { { 0, skip_off & ~(uint64_t)4095 }, { skip_end, size } };
+
+	if (d->single_thread || !d->se)
+		return;
+	if (skip_end < size && skip_end % 4096)
+		ranges[1][0] = (skip_end + 4095) & ~(uint64_t)4095;
+	for (int i = 0; i < 2; i++) {
+		for (uint64_t o = ranges[i][0]; o < ranges[i][1];) {
+			uint64_t n = ranges[i][1] - o < chunk ? ranges[i][1] - o : chunk;
+			struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)n);
+			int r;
+
+			bv.buf[0].mem = (void *)(whole + o);
+			r = fuse_lowlevel_notify_store(d->se, ino, (off_t)o, &bv, 0);
+			if (r < 0)
+				return; /* e.g. -ENOENT: the kernel dropped the inode */
+			atomic_fetch_add(&d->stats.pushed_bytes, n);
+			o += n;
+		}
+	}
+}
+
+static void log_read_error(struct cfsd *d, uint64_t nid, const struct cfs_backing *b, off_t off,
+			   size_t size, int err)
+{
+	char where[1024], what[320] = "?";
+
+	if (!cfsd_first_error(d, nid | CFSD_ERR_READ))
+		return;
+	cfsd_describe_nid(d, nid, where, sizeof(where));
+	if (b)
+		object_name(b, what, sizeof(what));
+	cfsd_log(FUSE_LOG_ERR, "%s: read of object %s at offset %lld (%zu bytes) failed: %s\n", where,
+		 what, (long long)off, size, object_error(err, true));
+}
+
 void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct cfsd *d = fuse_req_userdata(req);
 	struct open_inode *oi = (struct open_inode *)(uintptr_t)fi->fh;
+	_cleanup_(cfs_object_unrefp) struct cfs_object *looked_up = NULL;
+	struct cfs_object *obj = NULL;
+	struct cfs_backing b = { 0 };
+	struct cfs_inode ci;
+	void *whole = NULL;
 	char *buf;
 	ssize_t n;
+	int r;
 
 	atomic_fetch_add(&d->stats.reads, 1);
 	if (off < 0)
@@ -390,39 +535,65 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 	if (!buf)
 		return (void)fuse_reply_err(req, ENOMEM);
 
-	if (!oi) {
-		struct cfs_inode ci;
-		int r = cfsd_get_inode(d, ino, &ci);
+	if (oi) {
+		obj = oi->obj;
+	} else {
+		/* No OPEN (no-open mode) or data in the image: by inode. */
+		r = cfsd_get_inode(d, ino, &ci);
 		if (r < 0)
 			return (void)fuse_reply_err(req, -r);
+		if (!S_ISREG(ci.mode))
+			return (void)fuse_reply_err(req, EINVAL);
+		if (ci.size > 0) {
+			r = cfs_img_get_backing(d->img, &ci, &b);
+			if (r < 0) {
+				atomic_fetch_add(&d->stats.read_errors, 1);
+				return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "overlay metadata", r));
+			}
+		}
+		if (ci.size > 0 && b.is_external) {
+			r = get_object(d, &ci, &b, &looked_up);
+			if (r < 0) {
+				atomic_fetch_add(&d->stats.read_errors, 1);
+				return (void)fuse_reply_err(req, -r);
+			}
+			obj = looked_up;
+			log_datapath(d, false, cfs_object_method(obj));
+		}
+	}
+
+	if (!obj) {
 		n = cfs_img_read(d->img, &ci, (uint64_t)off, buf, size);
 		if (n < 0) {
 			atomic_fetch_add(&d->stats.read_errors, 1);
 			return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "file data", (int)n));
 		}
 	} else {
-		n = cfs_object_pread(oi->obj, buf, size, (uint64_t)off);
+		n = cfs_object_pread_whole(obj, buf, size, (uint64_t)off, &whole);
 		if (n < 0) {
 			bool expected = false;
+
 			atomic_fetch_add(&d->stats.read_errors, 1);
 			/* One line per object for read failures (the flag spares
 			 * the shared table's lock on repeated failures). */
-			if (atomic_compare_exchange_strong(&oi->read_error_logged, &expected, true) &&
-			    cfsd_first_error(d, oi->nid | CFSD_ERR_READ)) {
-				char where[1024];
-				struct cfs_inode ci;
-				struct cfs_backing b;
-				char what[320] = "?";
-				cfsd_describe_nid(d, oi->nid, where, sizeof(where));
-				if (cfs_img_read_inode(d->img, oi->nid, &ci) >= 0 &&
-				    cfs_img_get_backing(d->img, &ci, &b) >= 0)
-					object_name(&b, what, sizeof(what));
-				cfsd_log(FUSE_LOG_ERR,
-					 "%s: read of object %s at offset %lld (%zu bytes) failed: %s\n",
-					 where, what, (long long)off, size, object_error((int)n, true));
+			if (!oi || atomic_compare_exchange_strong(&oi->read_error_logged, &expected, true)) {
+				uint64_t nid = oi ? oi->nid : ci.nid;
+				struct cfs_inode ci2;
+				struct cfs_backing b2;
+
+				if (oi && cfs_img_read_inode(d->img, nid, &ci2) >= 0 &&
+				    cfs_img_get_backing(d->img, &ci2, &b2) >= 0)
+					log_read_error(d, nid, &b2, off, size, (int)n);
+				else
+					log_read_error(d, nid, oi ? NULL : &b, off, size, (int)n);
 			}
 			return (void)fuse_reply_err(req, n == -ENOMEM ? ENOMEM : EIO);
 		}
+	}
+	if (whole) {
+		/* Before the reply: the reader's next read finds the pages. */
+		push_to_cache(d, ino, whole, cfs_object_size(obj), (uint64_t)off, (uint64_t)off + (uint64_t)n);
+		free(whole);
 	}
 	atomic_fetch_add(&d->stats.read_bytes, (uint64_t)n);
 	fuse_reply_buf(req, buf, (size_t)n);
@@ -441,6 +612,8 @@ void cfsd_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct
 {
 	struct cfsd *d = fuse_req_userdata(req);
 	struct open_inode *oi = (struct open_inode *)(uintptr_t)fi->fh;
+	_cleanup_(cfs_object_unrefp) struct cfs_object *looked_up = NULL;
+	struct cfs_object *obj = oi ? oi->obj : NULL;
 	struct cfs_inode ci;
 	off_t res;
 	int r;
@@ -454,9 +627,19 @@ void cfsd_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct
 		return (void)fuse_reply_err(req, EINVAL);
 	if ((uint64_t)off >= ci.size)
 		return (void)fuse_reply_err(req, ENXIO);
-	if (oi) {
+	if (!obj && S_ISREG(ci.mode)) {
+		struct cfs_backing b;
+
+		if (cfs_img_get_backing(d->img, &ci, &b) >= 0 && b.is_external) {
+			r = get_object(d, &ci, &b, &looked_up);
+			if (r < 0)
+				return (void)fuse_reply_err(req, -r);
+			obj = looked_up;
+		}
+	}
+	if (obj) {
 		/* Holes of the backing object; its size equals the image's. */
-		res = lseek(cfs_object_fd(oi->obj), off, whence);
+		res = lseek(cfs_object_fd(obj), off, whence);
 		if (res < 0)
 			return (void)fuse_reply_err(req, errno);
 	} else {
@@ -479,6 +662,10 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	struct cfs_cas_stats cs = { 0 };
 	const char *sep = "";
 
+	/* The object store's own counters (all 0 without basedir=). */
+	if (d->cas)
+		cfs_cas_get_stats(d->cas, &cs);
+
 	/* Settings first (words, not numbers), then counters. */
 	fprintf(out, "verity %s\n", cfsd_verity_name(d->verity));
 	fprintf(out, "passthrough %s\n", cfsd_passthrough_name(d->passthrough));
@@ -487,13 +674,17 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	 * first external file is opened). */
 	fputs("verification ", out);
 	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
-		if (atomic_load(&s->objects_by_method[methods[i]])) {
+		if (cs.objects_by_method[methods[i]]) {
 			fprintf(out, "%s%s", sep, cfs_verify_method_name(methods[i]));
 			sep = ",";
 		}
 	}
 	fprintf(out, "%s\n", *sep ? "" : "none");
 
+	fprintf(out, "open_mode %s\n", atomic_load(&d->files->mode) == MODE_OPEN      ? "open" :
+				       atomic_load(&d->files->mode) == MODE_NO_OPEN ? "no-open" :
+										      "undecided");
+	put(out, "opens", atomic_load(&s->opens));
 	put(out, "opens_image", atomic_load(&s->opens_image));
 	put(out, "opens_daemon", atomic_load(&s->opens_daemon));
 	put(out, "opens_passthrough", atomic_load(&s->opens_passthrough));
@@ -501,15 +692,19 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	put(out, "reads", atomic_load(&s->reads));
 	put(out, "read_bytes", atomic_load(&s->read_bytes));
 	put(out, "read_errors", atomic_load(&s->read_errors));
+	put(out, "pushed_bytes", atomic_load(&s->pushed_bytes));
 	put(out, "lookups", atomic_load(&s->lookups));
 	put(out, "readdirs", atomic_load(&s->readdirs));
-	put(out, "objects_kernel", atomic_load(&s->objects_by_method[CFS_VERIFY_KERNEL]));
-	put(out, "objects_userspace", atomic_load(&s->objects_by_method[CFS_VERIFY_USERSPACE]));
-	put(out, "objects_unverified", atomic_load(&s->objects_by_method[CFS_VERIFY_OFF]));
-	/* The object store's own counters (all 0 without basedir=). */
-	if (d->cas)
-		cfs_cas_get_stats(d->cas, &cs);
+	put(out, "objects_kernel", cs.objects_by_method[CFS_VERIFY_KERNEL]);
+	put(out, "objects_userspace", cs.objects_by_method[CFS_VERIFY_USERSPACE]);
+	put(out, "objects_unverified", cs.objects_by_method[CFS_VERIFY_OFF]);
 	put(out, "cas_objects_opened", cs.objects_opened);
+	put(out, "cas_objects_evicted", cs.objects_evicted);
+	put(out, "cas_idle_objects", cs.idle_objects);
+	put(out, "cas_bytes_read", cs.bytes_read);
+	put(out, "cas_blocks_hashed", cs.blocks_hashed);
+	put(out, "cas_trees_from_store", cs.trees_from_store);
+	put(out, "cas_read_io_errors", cs.read_io_errors);
 	put(out, "cas_trees_built", cs.trees_built);
 	put(out, "cas_trees_from_memory", cs.trees_from_memory);
 	put(out, "cas_trees_from_disk", cs.trees_from_disk);

@@ -26,6 +26,7 @@
 #include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -478,6 +479,34 @@ static int drop_privileges(void)
 	return 0;
 }
 
+/*
+ * Raise the soft RLIMIT_NOFILE to the hard limit (the soft one is often
+ * 1024, or lower in containers) and return how many idle objects the store
+ * may keep open: most of the limit, less a reserve for /dev/fuse, io_uring
+ * rings (one per thread), the image, basedirs, tree files being read and
+ * the stats file.  The store closes idle objects, least recently used
+ * first, and retries once when an open still meets EMFILE.
+ */
+static size_t setup_fd_limit(unsigned max_threads)
+{
+	const size_t reserve = 32 + 2 * (size_t)(max_threads ? max_threads : 10);
+	struct rlimit rl;
+	size_t cur;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 256;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t old = rl.rlim_cur;
+
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			rl.rlim_cur = old;
+	}
+	cur = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1U << 20) ? (1U << 20) : (size_t)rl.rlim_cur;
+	cur = cur > 2 * reserve ? cur - reserve : cur / 2;
+	return cur < 8 ? 8 : cur > 16384 ? 16384 : cur;
+}
+
 static int open_cas(struct cfsd *d, const char *basedirs, const struct cfs_cas_options *co)
 {
 	int r = cfs_cas_open(basedirs, co, &d->cas);
@@ -617,6 +646,7 @@ static int load_image(struct cfsd *d, const char *image, const char *digest)
 		return r;
 	}
 	cfs_img_get_info(d->img, &d->info);
+	d->image_fd = steal_fd(&fd);
 	if (digest) {
 		uint8_t want[CFS_DIGEST_SIZE], got[CFS_DIGEST_SIZE];
 		char hex[2 * CFS_DIGEST_SIZE + 1];
@@ -707,7 +737,7 @@ int main(int argc, char *argv[])
 	struct cfs_cas_options co = { .verify = true, .io = CFS_IO_AUTO };
 	_cleanup_free_ char *basedirs = NULL, *tree_cache = NULL;
 	const char *image, *mnt;
-	struct cfsd d = { .timeout = 86400.0 };
+	struct cfsd d = { .timeout = 86400.0, .image_fd = -1 };
 	bool mounted = false, sig_installed = false;
 	int r, ret = 1;
 
@@ -767,6 +797,7 @@ int main(int argc, char *argv[])
 		goto out_img;
 	}
 	co.tree_cache_dir = tree_cache;
+	co.max_idle_objects = setup_fd_limit(d.max_threads);
 
 	/* Open the store before mounting so that its errors stop us here.
 	 * A daemon opens it again after fork(): io_uring rings and threads do
@@ -780,6 +811,7 @@ int main(int argc, char *argv[])
 		goto out_cas;
 	if (d.max_threads)
 		cl.max_threads = d.max_threads;
+	d.single_thread = cl.singlethread || cl.max_threads == 1;
 
 	d.notify = getenv("NOTIFY_SOCKET") != NULL;
 	if (cfsd_files_new(&d) < 0)
@@ -872,6 +904,8 @@ out_cas:
 	d.cas = cfs_cas_unref(d.cas);
 out_img:
 	d.img = cfs_img_unref(d.img);
+	if (d.image_fd >= 0)
+		close(d.image_fd);
 out_args:
 	free(cl.mountpoint);
 	fuse_opt_free_args(&args);

@@ -201,3 +201,12 @@ def assert_same_tree(a, b):
 @pytest.fixture
 def tmp(tmp_path):
     return tmp_path
+
+
+def read_stats(path):
+    """The daemon's stats file: settings as words ("io pread"), counters as ints."""
+    out = {}
+    for line in open(path):
+        k, v = line.split()
+        out[k] = int(v) if v.isdigit() else v
+    return out

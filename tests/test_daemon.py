@@ -21,7 +21,7 @@ import time
 import pytest
 
 from conftest import (CONFORMANCE, SUSPICIOUS, assert_same_tree, fuse_mount, kernel_mount,
-                      list_xattrs, needs_root, run, snapshot, tool, wait_for_mount)
+                      list_xattrs, needs_root, read_stats, run, snapshot, tool, wait_for_mount)
 
 pytestmark = [needs_root,
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")]
@@ -311,13 +311,7 @@ def test_usr_share_doc_matches_kernel(tmp_path):
 
 # ---------------------------------------------------------------- data path
 
-def _stats(path):
-    """The stats file: settings as words ("io pread"), counters as ints."""
-    out = {}
-    for line in open(path):
-        k, v = line.split()
-        out[k] = int(v) if v.isdigit() else v
-    return out
+_stats = read_stats
 
 
 def test_passthrough_used_as_root(gen_tree, tmp_path):
@@ -397,7 +391,7 @@ def test_passthrough_always_checks_a_reused_tree(gen_tree, tmp_path):
     checked in full at open before the kernel gets the backing file."""
     src, img, objs = gen_tree
     objs2 = str(tmp_path / "objs")
-    shutil.copytree(objs, objs2)
+    shutil.copytree(objs, objs2, ignore=shutil.ignore_patterns(".cfs-trees"))  # trees: cache only
     obj = os.path.join(objs2, object_of(img, "files/mib1"))
     want = open(os.path.join(src, "files/mib1"), "rb").read()
     stats = str(tmp_path / "stats")
@@ -411,7 +405,8 @@ def test_passthrough_always_checks_a_reused_tree(gen_tree, tmp_path):
         assert e.value.errno == 5
     s = _stats(stats)
     assert s["opens_passthrough"] == 1 and s["reads"] == 0, s
-    assert s["cas_trees_from_memory"] >= 1 and s["cas_blocks_failed"] >= 1, s
+    # the tree was kept (with the object, open and idle): checked again, not rebuilt
+    assert s["cas_trees_built"] == 1 and s["cas_blocks_failed"] >= 1, s
     assert s["cas_trees_written"] >= 1, s
     _flip(obj, 300000)         # repaired: the saved tree is used and the data passes
     with fuse_mount(img, objs2, options=opts) as (fmnt, proc):
@@ -431,7 +426,11 @@ def test_daemon_served_reads_keep_cache(gen_tree, tmp_path):
             with open(os.path.join(fmnt, "files/big"), "rb") as f:
                 assert f.read() == want
     s = _stats(stats)
-    assert s["opens_daemon"] == 3 and s["opens_passthrough"] == 0
+    # daemon-served reads need no OPEN: the first is answered ENOSYS and
+    # the kernel sends none after it
+    assert s["open_mode"] == "no-open" and s["opens"] == 1, s
+    assert s["opens_daemon"] == 0 and s["opens_passthrough"] == 0
+    assert "open mode: no-open" in proc.stderr_text
     # which settings, io backend and verification method were in use, and
     # the object store's own counters
     assert s["verity"] == "on" and s["passthrough"] == "off"
@@ -440,7 +439,7 @@ def test_daemon_served_reads_keep_cache(gen_tree, tmp_path):
     assert s["verification"] == "userspace"
     assert s["objects_userspace"] >= 1 and s["objects_kernel"] == 0
     assert s["cas_objects_opened"] >= 1
-    assert s["cas_trees_built"] + s["cas_trees_from_disk"] + s["cas_trees_from_memory"] >= 3
+    assert s["cas_trees_built"] + s["cas_trees_from_disk"] + s["cas_trees_from_store"] == 1
     assert s["cas_blocks_failed"] == 0
     # the second and third opens are served from the kernel's page cache
     assert s["read_bytes"] <= len(want) + (1 << 20), s
@@ -522,7 +521,7 @@ def test_verity_require_refuses_files_without_digest(tmp_path):
         assert open(os.path.join(fmnt, "nodigest"), "rb").read() == content
     with fuse_mount(img, str(objs), options=["verity=require"]) as (fmnt, proc):
         with pytest.raises(OSError) as e:
-            open(os.path.join(fmnt, "nodigest"), "rb")
+            open(os.path.join(fmnt, "nodigest"), "rb").read()
         assert e.value.errno == 5
         assert open(os.path.join(fmnt, "inline"), "rb").read() == b"abc"
     lines = [l for l in proc.stderr_text.splitlines() if "verity=require" in l and "/nodigest" in l]
@@ -574,6 +573,9 @@ def test_default_tree_cache_unusable_falls_back(gen_tree, tmp_path):
     persistence, with one warning; a usable one ($XDG_CACHE_HOME, else
     ~/.cache) receives the trees."""
     src, img, objs = gen_tree
+    objs2 = tmp_path / "objs"          # a store without stored trees
+    shutil.copytree(objs, objs2, ignore=shutil.ignore_patterns(".cfs-trees"))
+    objs = str(objs2)
     blocker = tmp_path / "not-a-dir"
     _w(blocker, b"")
     want = open(os.path.join(src, "files/mib1"), "rb").read()
@@ -606,6 +608,9 @@ def test_default_tree_cache_unusable_falls_back(gen_tree, tmp_path):
 
 def test_explicit_tree_cache_unusable_is_an_error(gen_tree, tmp_path):
     src, img, objs = gen_tree
+    objs2 = tmp_path / "objs"          # a store without stored trees
+    shutil.copytree(objs, objs2, ignore=shutil.ignore_patterns(".cfs-trees"))
+    objs = str(objs2)
     blocker = tmp_path / "not-a-dir"
     _w(blocker, b"")
     bad = str(blocker / "trees")
@@ -1056,7 +1061,7 @@ def test_log_escapes_control_characters_from_the_image(tmp_path):
         shutil.rmtree(objs / sub)
     with fuse_mount(img, str(objs), options=["passthrough=off"]) as (mnt, proc):
         with pytest.raises(OSError) as e:
-            open(os.path.join(os.fsencode(mnt), b"evil\nFAKE: forged\x1b[2J"), "rb")
+            open(os.path.join(os.fsencode(mnt), b"evil\nFAKE: forged\x1b[2J"), "rb").read()
         assert e.value.errno == errno.EIO
     err = proc.stderr_text
     assert "/evil\\x0aFAKE: forged\\x1b[2J: cannot open object" in err, err
@@ -1076,7 +1081,7 @@ def test_sigusr1_writes_stats_while_mounted(gen_tree, tmp_path):
         while not os.path.exists(stats) and time.monotonic() < deadline:
             time.sleep(0.05)
         s = _stats(stats)
-        assert s["opens_daemon"] == 1 and s["read_bytes"] == (1 << 20) + 1, s
+        assert s["reads"] >= 1 and s["read_bytes"] == (1 << 20) + 1, s
         assert os.path.ismount(fmnt)
 
 
@@ -1184,4 +1189,5 @@ def test_kernel_caches_entries_listings_and_trees(gen_tree, tmp_path):
     assert first["lookups"] >= 3 and first["readdirs"] >= 1
     assert second["lookups"] == first["lookups"], (first, second)
     assert second["readdirs"] == first["readdirs"], (first, second)
-    assert any(p.is_file() for p in trees.rglob("*")), "no Merkle tree saved"
+    # mib1's tree came from the store, where mkcomposefs put it
+    assert first["cas_trees_from_store"] == 1 and first["cas_trees_built"] == 0, first
