@@ -443,6 +443,7 @@ struct cfs_object *cfs_object_unref(struct cfs_object *obj)
 {
 	struct cfs_cas *cas;
 	unsigned c;
+	bool last;
 
 	if (!obj)
 		return NULL;
@@ -455,7 +456,8 @@ struct cfs_object *cfs_object_unref(struct cfs_object *obj)
 		return NULL;
 	cas = obj->cas;
 	pthread_mutex_lock(&cas->lock);
-	if (atomic_fetch_sub(&obj->refcount, 1) == 1) {
+	last = atomic_fetch_sub(&obj->refcount, 1) == 1;
+	if (last) {
 		if (obj->state == CFS_OBJ_READY && cas->opts.max_idle_objects > 0) {
 			/* Keep it open, tree and all, for the next use. */
 			obj->idle = true;
@@ -480,7 +482,8 @@ struct cfs_object *cfs_object_unref(struct cfs_object *obj)
 		}
 	}
 	pthread_mutex_unlock(&cas->lock);
-	cfs_cas_unref(cas); /* the reference the object held */
+	if (last)
+		cfs_cas_unref(cas); /* the reference the object in use held */
 	return NULL;
 }
 
@@ -544,10 +547,13 @@ int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redire
 			break;
 	}
 	if (obj) {
-		/* References are taken from 0 only here, under the lock. */
-		if (atomic_fetch_add(&obj->refcount, 1) == 0 && obj->idle)
-			idle_unlink(cas, obj);
-		cas_ref(cas);
+		/* References are taken from 0 only here, under the lock; an
+		 * object in use holds one reference to the cas. */
+		if (atomic_fetch_add(&obj->refcount, 1) == 0) {
+			if (obj->idle)
+				idle_unlink(cas, obj);
+			cas_ref(cas);
+		}
 		/* Wait for whoever is setting it up. */
 		while (obj->state == CFS_OBJ_INIT)
 			pthread_cond_wait(&cas->init_cond, &cas->lock);
