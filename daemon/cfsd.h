@@ -61,6 +61,16 @@ struct cfsd_stats {
 	atomic_uint_fast64_t pushed_bytes;      /* verified data stored into the page cache */
 	atomic_uint_fast64_t lookups;           /* lookup requests reaching us */
 	atomic_uint_fast64_t readdirs;          /* readdir(plus) requests */
+	atomic_uint_fast64_t opendirs;          /* opendir requests reaching us */
+	atomic_uint_fast64_t getattrs;
+	atomic_uint_fast64_t getxattrs;
+	atomic_uint_fast64_t listxattrs;
+	atomic_uint_fast64_t readlinks;
+};
+
+enum cfsd_xattrs {
+	CFSD_XATTRS_AUTO,   /* no visible xattr in the image: tell the kernel none exist */
+	CFSD_XATTRS_ALWAYS, /* answer every xattr request (the kernel mount's errnos) */
 };
 
 /* Option values, indexed by the enums (the first is the default). */
@@ -69,6 +79,10 @@ static const char *const cfsd_verity_names[] = {
 };
 static const char *const cfsd_passthrough_names[] = {
 	[CFSD_PT_AUTO] = "auto", [CFSD_PT_OFF] = "off", [CFSD_PT_ALWAYS] = "always",
+};
+
+static const char *const cfsd_xattrs_names[] = {
+	[CFSD_XATTRS_AUTO] = "auto", [CFSD_XATTRS_ALWAYS] = "always",
 };
 
 static inline const char *cfsd_verity_name(enum cfsd_verity v)
@@ -100,6 +114,9 @@ struct cfsd {
 	bool notify;         /* send READY=1 to $NOTIFY_SOCKET once up */
 	bool single_thread;  /* the session loop runs on one thread */
 	int image_fd;        /* the image file, O_RDONLY (probes passthrough) */
+	enum cfsd_xattrs xattrs;
+	bool image_has_xattrs; /* an xattr some reader could see (not overlay-internal) */
+	bool image_has_acls;   /* a system.posix_acl_* xattr */
 };
 
 /* The daemon instance (one per process); used where libfuse gives no
@@ -117,6 +134,9 @@ int cfsd_notify(const char *msg);
 
 /* ops.c */
 extern const struct fuse_lowlevel_ops cfsd_ops;
+/* Find out whether the image holds xattrs a reader could see and POSIX
+ * ACLs (one walk over every inode, before mounting). */
+int cfsd_scan_xattrs(struct cfsd *d);
 /* Read inode @ino into @ret.  -ESTALE/-EFSCORRUPTED on bad numbers. */
 int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret_inode);
 /* Best effort: the path of @nid in the image for log messages ("/a/b"), or

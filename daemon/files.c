@@ -669,6 +669,8 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	/* Settings first (words, not numbers), then counters. */
 	fprintf(out, "verity %s\n", cfsd_verity_name(d->verity));
 	fprintf(out, "passthrough %s\n", cfsd_passthrough_name(d->passthrough));
+	fprintf(out, "xattrs %s\n", cfsd_xattrs_names[d->xattrs]);
+	fprintf(out, "image_xattrs %s\n", d->image_has_acls ? "acls" : d->image_has_xattrs ? "yes" : "none");
 	fprintf(out, "io %s\n", d->cas ? cfs_cas_io_backend(d->cas) : "none");
 	/* The methods objects were verified with so far ("none" before the
 	 * first external file is opened). */
@@ -695,6 +697,11 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	put(out, "pushed_bytes", atomic_load(&s->pushed_bytes));
 	put(out, "lookups", atomic_load(&s->lookups));
 	put(out, "readdirs", atomic_load(&s->readdirs));
+	put(out, "opendirs", atomic_load(&s->opendirs));
+	put(out, "getattrs", atomic_load(&s->getattrs));
+	put(out, "getxattrs", atomic_load(&s->getxattrs));
+	put(out, "listxattrs", atomic_load(&s->listxattrs));
+	put(out, "readlinks", atomic_load(&s->readlinks));
 	put(out, "objects_kernel", cs.objects_by_method[CFS_VERIFY_KERNEL]);
 	put(out, "objects_userspace", cs.objects_by_method[CFS_VERIFY_USERSPACE]);
 	put(out, "objects_unverified", cs.objects_by_method[CFS_VERIFY_OFF]);

@@ -125,6 +125,7 @@ struct options {
 	char *stats_file;
 	char *timeout;
 	char *threads;
+	char *xattrs;
 	int noauto_unmount;
 	int keep_caps;
 	char *positional[3];
@@ -145,6 +146,7 @@ static const struct fuse_opt cfsd_opts[] = {
 	OPT("stats_file=%s", stats_file),
 	OPT("timeout=%s", timeout),
 	OPT("threads=%s", threads),
+	OPT("xattrs=%s", xattrs),
 	OPT("noauto_unmount", noauto_unmount),
 	OPT("keep_caps", keep_caps),
 	FUSE_OPT_END
@@ -193,6 +195,10 @@ static void usage(const char *prog)
 	       "    tree_cache_size=BYTES  in-memory Merkle tree cache (K/M/G suffixes)\n"
 	       "    io=auto|uring|pread    how backing files are read\n"
 	       "    timeout=SECONDS        entry and attribute cache timeout (default 86400)\n"
+	       "    xattrs=auto|always     auto (default): an image without xattrs a reader\n"
+	       "                           could see tells the kernel there are none (no round\n"
+	       "                           trips; EOPNOTSUPP instead of ENODATA); always: answer\n"
+	       "                           every request as the kernel mount does\n"
 	       "    stats_file=FILE        write counters there on SIGUSR1 and at exit\n"
 	       "    noauto_unmount         do not add auto_unmount for ordinary users\n"
 	       "    keep_caps              as root, keep every capability after mounting\n"
@@ -593,6 +599,10 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 	if (r < 0)
 		return r;
 	co->io = (enum cfs_io_backend)r;
+	r = parse_choice("xattrs", o->xattrs, cfsd_xattrs_names, ARRAY_SIZE(cfsd_xattrs_names));
+	if (r < 0)
+		return r;
+	d->xattrs = (enum cfsd_xattrs)r;
 	if (o->tree_cache_size && parse_size(o->tree_cache_size, &co->tree_cache_bytes) < 0) {
 		fprintf(stderr, "composefs-fuse: tree_cache_size=%s: not a size\n", o->tree_cache_size);
 		return -EINVAL;
@@ -778,6 +788,7 @@ int main(int argc, char *argv[])
 
 	if (load_image(&d, image, o.digest) < 0)
 		goto out_img;
+	(void)cfsd_scan_xattrs(&d); /* a corrupt image: every request answered */
 
 	if (o.basedir && resolve_basedirs(o.basedir, &basedirs) < 0)
 		goto out_img;
@@ -875,11 +886,13 @@ int main(int argc, char *argv[])
 
 	cfsd_log(FUSE_LOG_NOTICE,
 		 "serving '%s' on '%s': format %u, %llu inodes, verity=%s, passthrough=%s (%s), "
-		 "io=%s, tree cache %s\n",
+		 "io=%s, tree cache %s, xattrs: %s\n",
 		 image, cl.mountpoint, d.info.composefs_version, (unsigned long long)d.info.inodes,
 		 cfsd_verity_name(d.verity), cfsd_passthrough_name(d.passthrough),
 		 cfsd_pt_describe(), d.cas ? cfs_cas_io_backend(d.cas) : "none",
-		 d.cas && co.tree_cache_dir ? co.tree_cache_dir : "off");
+		 d.cas && co.tree_cache_dir ? co.tree_cache_dir : "off",
+		 !d.image_has_xattrs && d.xattrs == CFSD_XATTRS_AUTO ? "none in the image (not asked for)" :
+		 d.image_has_acls ? "served, with POSIX ACLs" : "served");
 
 	r = run_loop(d.se, &cl);
 	/* 0 on unmount, the signal number on SIGTERM/SIGINT/SIGHUP. */
@@ -919,6 +932,7 @@ out_args:
 	free(o.tree_cache);
 	free(o.tree_cache_size);
 	free(o.threads);
+	free(o.xattrs);
 	free(o.io);
 	free(o.stats_file);
 	free(o.timeout);

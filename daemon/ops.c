@@ -129,8 +129,12 @@ static void cfsd_op_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	/* ACLs are checked by the kernel (default_permissions) and cached in
-	 * its ACL cache; they are read once through getxattr. */
-	if (conn->capable & FUSE_CAP_POSIX_ACL)
+	 * its ACL cache; they are read once through getxattr.  Only asked for
+	 * when the image has any: the kernel creates the root inode before
+	 * INIT, marks its ACLs uncacheable for good, and would then send a
+	 * GETXATTR for every permission check on the root by anyone but its
+	 * owner.  Without ACLs, the mode bits are all there is to check. */
+	if ((conn->capable & FUSE_CAP_POSIX_ACL) && d->image_has_acls)
 		conn->want |= FUSE_CAP_POSIX_ACL;
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS;
@@ -212,7 +216,10 @@ static void cfsd_op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_inf
 	struct cfsd *d = req_cfsd(req);
 	struct cfs_inode ci;
 	struct stat st;
-	int r = cfsd_get_inode(d, ino, &ci);
+	int r;
+
+	atomic_fetch_add(&d->stats.getattrs, 1);
+	r = cfsd_get_inode(d, ino, &ci);
 	if (r < 0)
 		return (void)fuse_reply_err(req, -r);
 	fill_stat(d, &ci, &st);
@@ -225,7 +232,10 @@ static void cfsd_op_readlink(fuse_req_t req, fuse_ino_t ino)
 	struct cfs_inode ci;
 	char buf[PATH_MAX + 1];
 	ssize_t n;
-	int r = cfsd_get_inode(d, ino, &ci);
+	int r;
+
+	atomic_fetch_add(&d->stats.readlinks, 1);
+	r = cfsd_get_inode(d, ino, &ci);
 	if (r < 0)
 		return (void)fuse_reply_err(req, -r);
 	if (!S_ISLNK(ci.mode))
@@ -239,17 +249,13 @@ static void cfsd_op_readlink(fuse_req_t req, fuse_ino_t ino)
 static void cfsd_op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct cfsd *d = req_cfsd(req);
-	struct cfs_inode ci;
-	int r = get_dir(d, ino, &ci);
-	if (r < 0)
-		return (void)fuse_reply_err(req, -r);
-	if ((fi->flags & O_ACCMODE) != O_RDONLY)
-		return (void)fuse_reply_err(req, EROFS);
-	/* The listing never changes: let the kernel cache it across opens. */
-	fi->cache_readdir = 1;
-	fi->keep_cache = 1;
-	fi->fh = 0;
-	fuse_reply_open(req, fi);
+
+	atomic_fetch_add(&d->stats.opendirs, 1);
+	/* No state per open directory: ENOSYS makes the kernel open every
+	 * directory itself from now on (no OPENDIR, no RELEASEDIR), with its
+	 * default for that mode, keep_cache and cache_readdir, so a listing
+	 * is read once.  The mount is read-only: the VFS refuses writes. */
+	fuse_reply_err(req, ENOSYS);
 }
 
 struct readdir_ctx {
@@ -388,6 +394,64 @@ static const char *stored_xattr(const char *name, char *buf, size_t bufsz)
 	return buf;
 }
 
+/* xattrs=auto and nothing to show: ENOSYS makes the kernel stop asking
+ * (readers then get EOPNOTSUPP where the kernel mount says ENODATA or
+ * lists nothing). */
+static bool no_xattrs(const struct cfsd *d)
+{
+	return d->xattrs == CFSD_XATTRS_AUTO && !d->image_has_xattrs;
+}
+
+struct scan_ctx {
+	struct cfsd *d;
+};
+
+static int scan_xattr(void *userdata, const char *name, const uint8_t *value, size_t value_len)
+{
+	struct scan_ctx *c = userdata;
+	char tmp[XATTR_NAME_MAX + 64];
+
+	/* trusted.* counts: root sees it */
+	if (!visible_xattr(name, tmp, sizeof(tmp), true))
+		return 0;
+	c->d->image_has_xattrs = true;
+	if (strncmp(name, "system.posix_acl_", 17) == 0)
+		c->d->image_has_acls = true;
+	return c->d->image_has_acls ? 1 : 0;
+}
+
+static int scan_inode(void *userdata, const struct cfs_inode *dir, const char *path, size_t pathlen,
+		      const char *name, size_t namelen, const struct cfs_inode *ino, bool first_visit)
+{
+	struct scan_ctx *c = userdata;
+	int r;
+
+	if (!first_visit)
+		return 0;
+	r = cfs_img_iterate_xattrs(c->d->img, ino, scan_xattr, c);
+	return r < 0 ? r : c->d->image_has_acls ? 1 : 0;
+}
+
+int cfsd_scan_xattrs(struct cfsd *d)
+{
+	struct scan_ctx c = { .d = d };
+	struct cfs_inode root;
+	int r;
+
+	d->image_has_xattrs = d->image_has_acls = false;
+	r = cfs_img_read_inode(d->img, d->info.root_nid, &root);
+	if (r >= 0)
+		r = cfs_img_iterate_xattrs(d->img, &root, scan_xattr, &c);
+	if (r >= 0 && !d->image_has_acls)
+		r = cfs_img_walk(d->img, scan_inode, &c);
+	if (r < 0) {
+		/* Cannot tell: answer every request, as the kernel would. */
+		d->image_has_xattrs = d->image_has_acls = true;
+		return r;
+	}
+	return 0;
+}
+
 static bool caller_sees_trusted(fuse_req_t req)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
@@ -402,7 +466,12 @@ static void cfsd_op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, s
 	const char *stored;
 	char buf[XATTR_NAME_MAX + 64];
 	size_t len;
-	int r = cfsd_get_inode(d, ino, &ci);
+	int r;
+
+	atomic_fetch_add(&d->stats.getxattrs, 1);
+	if (no_xattrs(d))
+		return (void)fuse_reply_err(req, ENOSYS);
+	r = cfsd_get_inode(d, ino, &ci);
 	if (r < 0)
 		return (void)fuse_reply_err(req, -r);
 	if (strncmp(name, "trusted.", 8) == 0 && !caller_sees_trusted(req))
@@ -450,7 +519,12 @@ static void cfsd_op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	struct cfsd *d = req_cfsd(req);
 	struct listxattr_ctx c = { .show_trusted = caller_sees_trusted(req) };
 	struct cfs_inode ci;
-	int r = cfsd_get_inode(d, ino, &ci);
+	int r;
+
+	atomic_fetch_add(&d->stats.listxattrs, 1);
+	if (no_xattrs(d))
+		return (void)fuse_reply_err(req, ENOSYS);
+	r = cfsd_get_inode(d, ino, &ci);
 	if (r < 0)
 		return (void)fuse_reply_err(req, -r);
 	r = cfs_img_iterate_xattrs(d->img, &ci, listxattr_one, &c);

@@ -60,8 +60,9 @@ def test_parallel_readers(tmp_path):
     asan = is_asan(tool("composefs-fuse"))
 
     stats = str(tmp_path / "stats")
+    # xattrs=always: the image has none, listxattr still reaches the daemon
     with fuse_mount(img, objs, options=["tree_cache=none", "tree_cache_size=4M", "timeout=1",
-                                        f"stats_file={stats}"]) as (mnt, proc):
+                                        "xattrs=always", f"stats_file={stats}"]) as (mnt, proc):
         errors, counts = [], {"files": 0, "bytes": 0, "dirs": 0}
         lock = threading.Lock()
         deadline = time.monotonic() + SECONDS

@@ -417,15 +417,22 @@ def test_digest_store_kernel_mount(tmp, doc_tree):
     assert p.stdout.decode().strip() == fsverity_digest(img)
     run(["fsck.erofs", img])
 
-    # The store holds each object under its fs-verity digest, nothing else.
-    n_objects = 0
+    # The store holds each object under its fs-verity digest, and the
+    # Merkle trees of objects over 128 KiB in .cfs-trees, nothing else.
+    n_objects, want_trees = 0, set()
     for sub in os.listdir(objects):
+        if sub == ".cfs-trees":
+            continue
         assert len(sub) == 2
         for name in os.listdir(objects / sub):
             assert len(name) == 62 and not name.startswith("."), name
             assert fsverity_digest(objects / sub / name) == sub + name
             n_objects += 1
+            if os.path.getsize(objects / sub / name) > 128 * 1024:
+                want_trees.add(sub + name)
     assert n_objects > 100
+    trees = objects / ".cfs-trees"
+    assert {s + n for s in os.listdir(trees) for n in os.listdir(trees / s)} == want_trees
 
     expected = compare_view(snapshot(str(doc_tree)))
     n_files = sum(1 for e in expected.values() if isinstance(e, dict) and stat.S_ISREG(e["mode"]))
@@ -514,6 +521,8 @@ def test_digest_store_source_changing_under_mkcomposefs(tmp):
                 assert len(err.strip().splitlines()) == 1, err
                 assert not os.path.exists(tmp / f"o{n}.cfs")
             for sub in os.listdir(objects) if os.path.isdir(objects) else []:
+                if sub == ".cfs-trees":
+                    continue   # checked against the digest by every reader
                 for name in os.listdir(objects / sub):
                     assert not name.startswith("."), name
                     assert fsverity_digest(objects / sub / name) == sub + name

@@ -1,0 +1,131 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Metadata without round trips: what a warm walk still sends to the daemon
+(counted in its stats), the errno of an image without xattrs in both modes
+against the kernel's mount, and permission checks that do not ask for
+ACLs when the image has none."""
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import fuse_mount, kernel_mount, run, tool
+from test_datapath import _snap
+
+REQUESTS = ("opens", "reads", "lookups", "readdirs", "opendirs", "getattrs", "getxattrs",
+            "listxattrs", "readlinks")
+
+
+def _tree(root, xattr=None):
+    os.makedirs(os.path.join(root, "a", "b"))
+    for i in range(50):
+        with open(os.path.join(root, "a", f"f{i}"), "wb") as f:
+            f.write(os.urandom(100 + i * 300))
+    with open(os.path.join(root, "a", "b", "inline"), "wb") as f:
+        f.write(b"x")
+    os.symlink("../f1", os.path.join(root, "a", "b", "link"))
+    os.chmod(root, 0o755)
+    if xattr:
+        os.setxattr(os.path.join(root, "a", "f3"), *xattr)
+
+
+def _image(tmp_path, xattr=None):
+    src = str(tmp_path / "src")
+    _tree(src, xattr)
+    img, objs = str(tmp_path / "img.cfs"), str(tmp_path / "objs")
+    run([tool("mkcomposefs"), f"--digest-store={objs}", src, img])
+    return img, objs
+
+
+def _walks(mnt):
+    subprocess.run(["ls", "-lR", mnt], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["find", mnt], check=True, stdout=subprocess.DEVNULL)
+
+
+def test_warm_walk_sends_nothing(tmp_path):
+    img, objs = _image(tmp_path)
+    stats = str(tmp_path / "stats")
+    with fuse_mount(img, objs, options=[f"stats_file={stats}"]) as (mnt, proc):
+        _walks(mnt)
+        first = _snap(proc, stats)
+        for _ in range(3):
+            _walks(mnt)
+        warm = _snap(proc, stats)
+    assert first["image_xattrs"] == "none" and first["xattrs"] == "auto", first
+    assert "xattrs: none in the image" in proc.stderr_text
+    for k in REQUESTS:
+        assert warm[k] == first[k], (k, first, warm)
+    # no OPENDIR after the first (ENOSYS), listings read once
+    assert first["opendirs"] == 1 and first["getxattrs"] + first["listxattrs"] <= 2, first
+
+
+@pytest.mark.parametrize("mode", ["auto", "always"])
+def test_no_xattr_errno_both_ways(tmp_path, mode):
+    """xattrs=auto: EOPNOTSUPP (the kernel is told there are none);
+    xattrs=always: the kernel mount's ENODATA and empty list."""
+    img, objs = _image(tmp_path)
+    stats = str(tmp_path / "stats")
+    with kernel_mount(img, objs) as kmnt:
+        kf = os.path.join(kmnt, "a", "f1")
+        assert os.listxattr(kf) == []
+        with pytest.raises(OSError) as e:
+            os.getxattr(kf, "user.nothing")
+        assert e.value.errno == errno.ENODATA
+    with fuse_mount(img, objs, options=[f"xattrs={mode}", f"stats_file={stats}"]) as (mnt, proc):
+        f = os.path.join(mnt, "a", "f1")
+        for _ in range(3):
+            if mode == "always":
+                assert os.listxattr(f) == []
+                with pytest.raises(OSError) as e:
+                    os.getxattr(f, "user.nothing")
+                assert e.value.errno == errno.ENODATA
+            else:
+                for call in (lambda: os.listxattr(f), lambda: os.getxattr(f, "user.nothing")):
+                    with pytest.raises(OSError) as e:
+                        call()
+                    assert e.value.errno == errno.EOPNOTSUPP
+        s = _snap(proc, stats)
+    if mode == "always":
+        assert s["getxattrs"] >= 3 and s["listxattrs"] >= 3, s
+    else:
+        # the first of each is answered ENOSYS, the kernel asks no more
+        assert s["getxattrs"] <= 1 and s["listxattrs"] <= 1, s
+
+
+def test_image_with_xattrs_serves_them(tmp_path):
+    img, objs = _image(tmp_path, ("user.tag", b"v1"))
+    stats = str(tmp_path / "stats")
+    with fuse_mount(img, objs, options=[f"stats_file={stats}"]) as (mnt, proc):
+        assert os.getxattr(os.path.join(mnt, "a", "f3"), "user.tag") == b"v1"
+        assert os.listxattr(os.path.join(mnt, "a", "f1")) == []
+        with pytest.raises(OSError) as e:
+            os.getxattr(os.path.join(mnt, "a", "f1"), "user.tag")
+        assert e.value.errno == errno.ENODATA
+        s = _snap(proc, stats)
+    assert s["image_xattrs"] == "yes", s
+
+
+@pytest.mark.parametrize("mode", ["auto", "always"])
+def test_permission_checks_ask_for_no_acl(tmp_path, mode):
+    """The kernel marks the FUSE root inode's ACLs uncacheable (it exists
+    before INIT): with ACL support on, every permission check on the root
+    by another user asked the daemon for system.posix_acl_access.  An image
+    without ACLs does not turn ACL support on."""
+    img, objs = _image(tmp_path)
+    stats = str(tmp_path / "stats")
+    code = ("import sys\nfor _ in range(20):\n"
+            "    assert open(sys.argv[1], 'rb').read()\n")
+
+    def nobody():
+        os.setgid(65534)
+        os.setuid(65534)
+
+    opts = ["allow_other", f"xattrs={mode}", f"stats_file={stats}"]
+    with fuse_mount(img, objs, options=opts) as (mnt, proc):
+        before = _snap(proc, stats)
+        p = subprocess.run([sys.executable, "-c", code, os.path.join(mnt, "a", "f1")],
+                           preexec_fn=nobody, capture_output=True)
+        assert p.returncode == 0, p.stderr
+        after = _snap(proc, stats)
+    assert after["getxattrs"] == before["getxattrs"], (before, after)
