@@ -79,6 +79,9 @@ struct cfs_io;
 int cfs_merkle_build_fd(struct cfs_io *io, int fd, uint64_t size, const uint8_t expected[CFS_DIGEST_SIZE],
 			void **ret_data, struct cfs_merkle **ret_tree);
 
+/* The tree of @size bytes in memory. */
+int cfs_merkle_from_mem(const void *data, uint64_t size, struct cfs_merkle **ret_tree);
+
 /*
  * Rebuild a tree from an untrusted copy of its leaf level (as stored: the
  * leaves padded to whole blocks): recompute the upper levels, the root hash

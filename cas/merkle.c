@@ -251,6 +251,22 @@ int cfs_merkle_build_fd(struct cfs_io *io, int fd, uint64_t size, const uint8_t 
 	return 0;
 }
 
+int cfs_merkle_from_mem(const void *data, uint64_t size, struct cfs_merkle **ret_tree)
+{
+	_cleanup_(cfs_merkle_freep) struct cfs_merkle *t = NULL;
+	int r;
+
+	r = cfs_merkle_new(size, &t);
+	if (r < 0)
+		return r;
+	hash_data(t, 0, data, (size_t)size);
+	r = finish_tree(t);
+	if (r < 0)
+		return r;
+	*ret_tree = steal_ptr(&t);
+	return 0;
+}
+
 int cfs_merkle_from_leaves(uint64_t size, const void *leaves, size_t leaves_len,
 			   const uint8_t expected[CFS_DIGEST_SIZE], struct cfs_merkle **ret_tree)
 {
