@@ -250,7 +250,9 @@ void cfs_tree_cache_put(struct cfs_tree_cache *tc, struct cfs_merkle *t)
 	uint64_t sz = cfs_merkle_bytes(t);
 	struct cfs_merkle *old;
 
-	if (sz > tc->max_bytes) {
+	/* The tree of a small object costs no more to rebuild than the one
+	 * read of the object that rebuilding it takes: not worth memory. */
+	if (sz > tc->max_bytes || t->data_size <= tc->min_persist_size) {
 		cfs_merkle_free(t);
 		return;
 	}

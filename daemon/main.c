@@ -490,8 +490,10 @@ static int drop_privileges(void)
  * 1024, or lower in containers) and return how many idle objects the store
  * may keep open: most of the limit, less a reserve for /dev/fuse, io_uring
  * rings (one per thread), the image, basedirs, tree files being read and
- * the stats file.  The store closes idle objects, least recently used
- * first, and retries once when an open still meets EMFILE.
+ * the stats file; at most 4096 (about 1 KiB of memory each, and a tree
+ * of a small object is rebuilt from the one read a cache miss costs
+ * anyway).  The store closes idle objects, least recently used first, and
+ * retries once when an open still meets EMFILE.
  */
 static size_t setup_fd_limit(unsigned max_threads)
 {
@@ -510,7 +512,7 @@ static size_t setup_fd_limit(unsigned max_threads)
 	}
 	cur = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1U << 20) ? (1U << 20) : (size_t)rl.rlim_cur;
 	cur = cur > 2 * reserve ? cur - reserve : cur / 2;
-	return cur < 8 ? 8 : cur > 16384 ? 16384 : cur;
+	return cur < 8 ? 8 : cur > 4096 ? 4096 : cur;
 }
 
 static int open_cas(struct cfsd *d, const char *basedirs, const struct cfs_cas_options *co)
@@ -633,12 +635,22 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 	return 0;
 }
 
+static int check_digest(struct cfsd *d, const char *image, const char *digest);
+
+static void *scan_thread(void *p)
+{
+	(void)cfsd_scan_xattrs(p); /* a corrupt image: every request answered */
+	return NULL;
+}
+
 /* Read the image into memory the daemon owns, so that later changes to the
  * file cannot change what is served, and check its digest there. */
 static int load_image(struct cfsd *d, const char *image, const char *digest)
 {
 	_cleanup_close_ int fd = -EBADF;
 	struct cfs_img_diag diag;
+	pthread_t scan;
+	bool scanning;
 	int r;
 
 	fd = open(image, O_RDONLY | O_CLOEXEC);
@@ -657,6 +669,22 @@ static int load_image(struct cfsd *d, const char *image, const char *digest)
 	}
 	cfs_img_get_info(d->img, &d->info);
 	d->image_fd = steal_fd(&fd);
+	/* The walk for xattrs and ACLs runs beside the digest check (half of
+	 * the mount time each, on a large image); its answer is used only if
+	 * the digest matches. */
+	scanning = pthread_create(&scan, NULL, scan_thread, d) == 0;
+	if (!scanning)
+		(void)cfsd_scan_xattrs(d);
+	r = check_digest(d, image, digest);
+	if (scanning)
+		pthread_join(scan, NULL);
+	return r;
+}
+
+static int check_digest(struct cfsd *d, const char *image, const char *digest)
+{
+	int r;
+
 	if (digest) {
 		uint8_t want[CFS_DIGEST_SIZE], got[CFS_DIGEST_SIZE];
 		char hex[2 * CFS_DIGEST_SIZE + 1];
@@ -788,7 +816,6 @@ int main(int argc, char *argv[])
 
 	if (load_image(&d, image, o.digest) < 0)
 		goto out_img;
-	(void)cfsd_scan_xattrs(&d); /* a corrupt image: every request answered */
 
 	if (o.basedir && resolve_basedirs(o.basedir, &basedirs) < 0)
 		goto out_img;

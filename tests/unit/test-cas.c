@@ -201,6 +201,29 @@ static void test_known_digests(void)
 	}
 }
 
+/* Buffers of 4 MiB and more are hashed by two threads: the same digest as
+ * the streaming build of the same bytes from a file. */
+static void test_parallel_digest(void)
+{
+	static const size_t sizes[] = { (4 << 20) - 1, 4 << 20, (5 << 20) + 123, (9 << 20) + 4096 };
+
+	for (size_t i = 0; i < ARRAY_SIZE(sizes); i++) {
+		_cleanup_free_ uint8_t *data = pattern(sizes[i], 50 + (unsigned)i);
+		_cleanup_free_ char *path = pathf("%s/par%zu", tmpdir, i);
+		uint8_t a[CFS_DIGEST_SIZE], b[CFS_DIGEST_SIZE];
+		int fd;
+
+		write_file(path, data, sizes[i]);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		CHECK(fd >= 0);
+		CHECK_EQ(cfs_fsverity_digest_mem(data, sizes[i], a), 0);
+		CHECK_EQ(cfs_fsverity_digest_fd(fd, b), 0);
+		CHECK(memcmp(a, b, CFS_DIGEST_SIZE) == 0);
+		close(fd);
+		unlink(path);
+	}
+}
+
 /* Three-level tree (64 MiB + 1 byte, sparse): the digest of a tree with
  * upper levels, the stored leaf level read back, a wrong leaf. */
 static void test_deep_tree(void)
@@ -1095,6 +1118,7 @@ static void test_default_dir(void)
 static void run_all(void)
 {
 	test_known_digests();
+	test_parallel_digest();
 	test_deep_tree();
 	test_corruption_after_open();
 	test_random_ranges();
