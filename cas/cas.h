@@ -180,6 +180,31 @@ uint64_t cfs_object_size(const struct cfs_object *obj);
 int cfs_fsverity_digest_fd(int fd, uint8_t ret_digest[CFS_DIGEST_SIZE]);
 int cfs_fsverity_digest_mem(const void *data, size_t size, uint8_t ret_digest[CFS_DIGEST_SIZE]);
 
+/*
+ * fs-verity built-in signatures (the format `fsverity sign` writes and the
+ * kernel checks: detached PKCS#7 SignedData in DER over the "FSVerity"
+ * formatted SHA-256 digest), checked with OpenSSL against the certificate
+ * files @cert_paths (PEM, possibly several per file, or DER).  The signer
+ * must be one of them; certificates inside the signature are never trusted;
+ * validity dates are checked.  @data/@data_size (the signed file's bytes,
+ * may be NULL) only serve to name a signature made over the SHA-512 digest.
+ * 0, or -EKEYREJECTED (does not verify: wrong key, other content, expired
+ * certificate...), -EBADMSG (not a PKCS#7 SignedData), -EOPNOTSUPP
+ * (SHA-512), -EINVAL/-ENOENT (certificates); @reason says why in one line.
+ */
+int cfs_signature_verify(const void *sig, size_t sig_len, const char *const *cert_paths, size_t n_certs,
+			 const uint8_t digest[CFS_DIGEST_SIZE], const void *data, size_t data_size,
+			 char *reason, size_t reasonlen);
+/* The same for the signature file @sig_path (at most 64 KiB) and the
+ * colon-separated certificate files @cert_list (at most 16). */
+#define CFS_SIGNATURE_MAX_CERTS 16
+int cfs_signature_verify_file(const char *sig_path, const char *cert_list, const uint8_t digest[CFS_DIGEST_SIZE],
+			      const void *data, size_t data_size, char *reason, size_t reasonlen);
+/* Sign @digest with the PEM key and certificate (libfsverity): a DER
+ * signature the kernel and cfs_signature_verify() accept; free() it. */
+int cfs_signature_sign(const uint8_t digest[CFS_DIGEST_SIZE], const char *key_path, const char *cert_path,
+		       uint8_t **ret_sig, size_t *ret_len);
+
 /* Put the content of @src_fd into the store at @store_dir under @digest
  * (xx/yyyy...): reflink where possible, else copy; write a temporary file
  * then rename, never overwrite an existing object; enable fs-verity where

@@ -15,9 +15,11 @@
 
 #include "cas.h"
 #include "cfs-image.h"
+#include "info-sign.h"
 #include "info-verify.h"
 
 static const char *arg_basedir;
+static const char *arg_key, *arg_cert, *arg_out, *arg_signature;
 static char **arg_filter; /* NULL-terminated, or NULL */
 static size_t n_filter;
 
@@ -33,12 +35,20 @@ static void usage(FILE *f, const char *argv0)
 		"  dump             print each image in the composefs-dump(5) format\n"
 		"  measure-file     print the fs-verity digest of each given FILE\n"
 		"  verify           check every object against its digest (needs --basedir)\n"
+		"  sign             write an fs-verity signature of the image's digest\n"
+		"                   (--key, --cert, --out; as fsverity sign makes it)\n"
+		"  verify-signature check a signature of the image (--signature, --cert)\n"
 		"\n"
 		"Options:\n"
 		"  --basedir=DIR[:DIR...]  object store directories\n"
 		"  --filter=NAME           only this top-level entry (may be repeated)\n"
 		"  --tree-cache=DIR        where verify saves Merkle trees\n"
 		"  --threads=N             threads for verify\n"
+		"  --key=FILE              private key (PEM) for sign\n"
+		"  --cert=FILE[:FILE...]   certificate (PEM) for sign; trusted ones for\n"
+		"                          verify-signature (PEM or DER)\n"
+		"  --out=FILE              where sign writes the signature (DER)\n"
+		"  --signature=FILE        the signature verify-signature checks\n"
 		"  -h, --help              show this help\n",
 		argv0);
 }
@@ -297,6 +307,10 @@ enum {
 	OPT_FILTER,
 	OPT_TREE_CACHE,
 	OPT_THREADS,
+	OPT_KEY,
+	OPT_CERT,
+	OPT_OUT,
+	OPT_SIGNATURE,
 };
 
 int main(int argc, char **argv)
@@ -306,6 +320,10 @@ int main(int argc, char **argv)
 		{ "filter", required_argument, NULL, OPT_FILTER },
 		{ "tree-cache", required_argument, NULL, OPT_TREE_CACHE },
 		{ "threads", required_argument, NULL, OPT_THREADS },
+		{ "key", required_argument, NULL, OPT_KEY },
+		{ "cert", required_argument, NULL, OPT_CERT },
+		{ "out", required_argument, NULL, OPT_OUT },
+		{ "signature", required_argument, NULL, OPT_SIGNATURE },
 		{ "help", no_argument, NULL, 'h' },
 		{},
 	};
@@ -326,6 +344,18 @@ int main(int argc, char **argv)
 		case OPT_TREE_CACHE:
 		case OPT_THREADS:
 			break; /* read by verify from argv */
+		case OPT_KEY:
+			arg_key = optarg;
+			break;
+		case OPT_CERT:
+			arg_cert = optarg;
+			break;
+		case OPT_OUT:
+			arg_out = optarg;
+			break;
+		case OPT_SIGNATURE:
+			arg_signature = optarg;
+			break;
 		case 'h':
 			usage(stdout, argv[0]);
 			return EXIT_SUCCESS;
@@ -345,6 +375,17 @@ int main(int argc, char **argv)
 
 	if (strcmp(cmd, "measure-file") == 0)
 		return measure_files(nops, operands) < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+	if (strcmp(cmd, "sign") == 0 || strcmp(cmd, "verify-signature") == 0) {
+		if (nops != 1) {
+			fprintf(stderr, "composefs-info: %s takes one image\n", cmd);
+			return EXIT_FAILURE;
+		}
+		r = strcmp(cmd, "sign") == 0 ? cfs_info_sign(operands[0], arg_key, arg_cert, arg_out)
+					     : cfs_info_verify_signature(operands[0], arg_signature, arg_cert);
+		if (fflush(stdout) != 0 && r >= 0)
+			r = -EIO;
+		return r == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	}
 	if (strcmp(cmd, "ls") != 0 && strcmp(cmd, "dump") != 0 && strcmp(cmd, "objects") != 0 &&
 	    strcmp(cmd, "missing-objects") != 0 && strcmp(cmd, "verify") != 0) {
 		fprintf(stderr, "composefs-info: unknown command '%s'\n", cmd);

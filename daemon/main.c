@@ -126,6 +126,8 @@ struct options {
 	char *timeout;
 	char *threads;
 	char *xattrs;
+	char *signature;
+	char *cert;
 	int noauto_unmount;
 	int keep_caps;
 	char *positional[3];
@@ -147,6 +149,8 @@ static const struct fuse_opt cfsd_opts[] = {
 	OPT("timeout=%s", timeout),
 	OPT("threads=%s", threads),
 	OPT("xattrs=%s", xattrs),
+	OPT("signature=%s", signature),
+	OPT("cert=%s", cert),
 	OPT("noauto_unmount", noauto_unmount),
 	OPT("keep_caps", keep_caps),
 	FUSE_OPT_END
@@ -184,6 +188,10 @@ static void usage(const char *prog)
 	       "composefs-fuse options (-o NAME=VALUE):\n"
 	       "    basedir=DIR[:DIR...]   object store(s) holding external file content\n"
 	       "    digest=HEX             expected fs-verity digest of the image\n"
+	       "    signature=FILE         mount only if FILE, an fs-verity signature (PKCS#7,\n"
+	       "                           DER, as fsverity sign writes), signs the image's\n"
+	       "                           digest with the key of a cert= certificate\n"
+	       "    cert=FILE[:FILE...]    certificates (PEM or DER) trusted for signature=\n"
 	       "    verity=on|require|off  verify objects (default on); require: refuse\n"
 	       "                           external files without a digest\n"
 	       "    passthrough=auto|off|always\n"
@@ -635,7 +643,8 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 	return 0;
 }
 
-static int check_digest(struct cfsd *d, const char *image, const char *digest);
+struct options;
+static int check_digest(struct cfsd *d, const char *image, const struct options *o);
 
 static void *scan_thread(void *p)
 {
@@ -645,7 +654,7 @@ static void *scan_thread(void *p)
 
 /* Read the image into memory the daemon owns, so that later changes to the
  * file cannot change what is served, and check its digest there. */
-static int load_image(struct cfsd *d, const char *image, const char *digest)
+static int load_image(struct cfsd *d, const char *image, const struct options *o)
 {
 	_cleanup_close_ int fd = -EBADF;
 	struct cfs_img_diag diag;
@@ -675,39 +684,67 @@ static int load_image(struct cfsd *d, const char *image, const char *digest)
 	scanning = pthread_create(&scan, NULL, scan_thread, d) == 0;
 	if (!scanning)
 		(void)cfsd_scan_xattrs(d);
-	r = check_digest(d, image, digest);
+	r = check_digest(d, image, o);
 	if (scanning)
 		pthread_join(scan, NULL);
 	return r;
 }
 
-static int check_digest(struct cfsd *d, const char *image, const char *digest)
+/* An fs-verity signature over the image's digest, by a key of @certs. */
+static int check_signature(const char *image, const uint8_t digest[CFS_DIGEST_SIZE], const uint8_t *bytes,
+			   size_t size, const char *sig_path, const char *certs)
 {
+	char reason[512] = "";
 	int r;
 
-	if (digest) {
-		uint8_t want[CFS_DIGEST_SIZE], got[CFS_DIGEST_SIZE];
-		char hex[2 * CFS_DIGEST_SIZE + 1];
-		size_t size;
-		const uint8_t *bytes = cfs_img_bytes(d->img, &size);
-
-		if (cfs_digest_from_hex(digest, want) < 0) {
-			fprintf(stderr, "composefs-fuse: digest=%s: expected 64 hex digits\n", digest);
-			return -EINVAL;
-		}
-		r = cfs_fsverity_digest_mem(bytes, size, got);
-		if (r < 0) {
-			fprintf(stderr, "composefs-fuse: image '%s': computing its digest: %s\n", image,
-				strerror(-r));
-			return -EINVAL;
-		}
-		if (memcmp(want, got, sizeof(want)) != 0) {
-			cfs_digest_to_hex(got, hex);
-			fprintf(stderr, "composefs-fuse: image '%s': fs-verity digest %s does not match "
-					"digest=%s\n", image, hex, digest);
-			return -EINVAL;
-		}
+	if (!certs) {
+		fprintf(stderr, "composefs-fuse: signature= needs cert=FILE[:FILE...], the certificates "
+				"to trust\n");
+		return -EINVAL;
 	}
+	r = cfs_signature_verify_file(sig_path, certs, digest, bytes, size, reason, sizeof(reason));
+	if (r < 0) {
+		fprintf(stderr, "composefs-fuse: image '%s': signature '%s' refused: %s\n", image, sig_path,
+			reason[0] ? reason : strerror(-r));
+		return r;
+	}
+	cfsd_log(FUSE_LOG_NOTICE, "image '%s': signature '%s' verified\n", image, sig_path);
+	return 0;
+}
+
+static int check_digest(struct cfsd *d, const char *image, const struct options *o)
+{
+	uint8_t want[CFS_DIGEST_SIZE], got[CFS_DIGEST_SIZE];
+	char hex[2 * CFS_DIGEST_SIZE + 1];
+	size_t size;
+	const uint8_t *bytes = cfs_img_bytes(d->img, &size);
+	int r;
+
+	if (!o->digest && !o->signature) {
+		if (o->cert) {
+			fprintf(stderr, "composefs-fuse: cert= is only used with signature=FILE\n");
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (o->digest && cfs_digest_from_hex(o->digest, want) < 0) {
+		fprintf(stderr, "composefs-fuse: digest=%s: expected 64 hex digits\n", o->digest);
+		return -EINVAL;
+	}
+	r = cfs_fsverity_digest_mem(bytes, size, got);
+	if (r < 0) {
+		fprintf(stderr, "composefs-fuse: image '%s': computing its digest: %s\n", image, strerror(-r));
+		return -EINVAL;
+	}
+	if (o->digest && memcmp(want, got, sizeof(want)) != 0) {
+		cfs_digest_to_hex(got, hex);
+		fprintf(stderr, "composefs-fuse: image '%s': fs-verity digest %s does not match "
+				"digest=%s\n", image, hex, o->digest);
+		return -EINVAL;
+	}
+	/* Both may be given: both must hold. */
+	if (o->signature)
+		return check_signature(image, got, bytes, size, o->signature, o->cert) < 0 ? -EINVAL : 0;
 	return 0;
 }
 
@@ -814,7 +851,7 @@ int main(int argc, char *argv[])
 	if (apply_options(&o, &d, &co) < 0)
 		goto out_args;
 
-	if (load_image(&d, image, o.digest) < 0)
+	if (load_image(&d, image, &o) < 0)
 		goto out_img;
 
 	if (o.basedir && resolve_basedirs(o.basedir, &basedirs) < 0)
@@ -960,6 +997,8 @@ out_args:
 	free(o.tree_cache_size);
 	free(o.threads);
 	free(o.xattrs);
+	free(o.signature);
+	free(o.cert);
 	free(o.io);
 	free(o.stats_file);
 	free(o.timeout);
