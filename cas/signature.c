@@ -138,9 +138,14 @@ static int verify_content(PKCS7 *p7, STACK_OF(X509) *certs, const void *content,
 			  size_t reasonlen)
 {
 	X509_STORE *store = X509_STORE_new();
-	BIO *in = BIO_new_mem_buf(content, (int)len);
+	BIO *mem = BIO_new_mem_buf(content, (int)len);
+	/* Not a memory BIO on top: given one, PKCS7_verify() (OpenSSL 3.0)
+	 * copies it into a BIO it leaks when the message is malformed. */
+	BIO *in = mem ? BIO_push(BIO_new(BIO_f_buffer()), mem) : NULL;
 	int ok = -ENOMEM;
 
+	if (!in)
+		BIO_free(mem);
 	if (store && in) {
 		for (int i = 0; i < sk_X509_num(certs); i++)
 			X509_STORE_add_cert(store, sk_X509_value(certs, i));
@@ -155,7 +160,7 @@ static int verify_content(PKCS7 *p7, STACK_OF(X509) *certs, const void *content,
 		if (!ok)
 			openssl_reason(reason, reasonlen);
 	}
-	BIO_free(in);
+	BIO_free_all(in);
 	X509_STORE_free(store);
 	ERR_clear_error();
 	return ok;
@@ -236,6 +241,12 @@ int cfs_signature_verify(const void *sig, size_t sig_len, const char *const *cer
 	}
 	if (!PKCS7_type_is_signed(p7)) {
 		r = reason_set(reason, reasonlen, -EBADMSG, "signature: PKCS#7 message is not SignedData");
+		goto out;
+	}
+	/* fs-verity signatures carry no content: the digest is given.  (An
+	 * attached one also takes a path of PKCS7_verify() that leaks.) */
+	if (!PKCS7_get_detached(p7)) {
+		r = reason_set(reason, reasonlen, -EBADMSG, "signature: not detached (it carries content)");
 		goto out;
 	}
 	len = format_digest(&f, FS_VERITY_HASH_ALG_SHA256, digest, CFS_DIGEST_SIZE);
