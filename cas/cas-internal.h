@@ -257,7 +257,8 @@ struct cfs_cas {
 	struct {
 		_Atomic uint64_t objects_opened, trees_built, trees_from_memory, trees_from_disk,
 			trees_from_store, trees_rejected, trees_written, tree_write_errors,
-			blocks_failed, bytes_read, blocks_hashed, objects_evicted, read_io_errors;
+			blocks_failed, bytes_read, blocks_hashed, objects_evicted, read_io_errors,
+			objects_mismatched, size_mismatches;
 		_Atomic uint64_t by_method[3];
 	} stats;
 };

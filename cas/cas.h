@@ -94,6 +94,9 @@ struct cfs_cas_stats {
 	uint64_t tree_write_errors;  /* persisting failed (not fatal) */
 	uint64_t blocks_failed;      /* data blocks refused on read */
 	uint64_t read_io_errors;     /* reads of the store that failed (I/O errors) */
+	uint64_t objects_mismatched; /* objects whose data did not give their digest
+	                                when their tree was built */
+	uint64_t size_mismatches;    /* reads that found an object of another size */
 	uint64_t bytes_read;         /* bytes read from object files */
 	uint64_t blocks_hashed;      /* data blocks hashed */
 	uint64_t lru_bytes;          /* bytes held by the in-memory tree LRU now */
@@ -166,7 +169,25 @@ ssize_t cfs_object_pread(struct cfs_object *obj, void *buf, size_t len, uint64_t
  * so that the caller can hand it on instead of reading it again; else NULL.
  * Only objects up to 16 MiB are kept whole; larger ones are hashed once to
  * build the tree and again, block by block, as they are read. */
-ssize_t cfs_object_pread_whole(struct cfs_object *obj, void *buf, size_t len, uint64_t off, void **ret_whole);
+/* What made a read fail, for logs: the reader gets -EIO for all of them. */
+enum cfs_fault_kind {
+	CFS_FAULT_NONE,
+	CFS_FAULT_MISMATCH, /* data do not match the digest (a block, or the whole
+	                       object when its tree had to be built from them) */
+	CFS_FAULT_SIZE,     /* the object is shorter or longer than recorded */
+	CFS_FAULT_IO,       /* reading the store failed (@err, at @off) */
+};
+struct cfs_read_fault {
+	enum cfs_fault_kind kind;
+	int err;            /* errno of CFS_FAULT_IO */
+	uint64_t off;       /* where: the block or the read that failed */
+	bool whole;         /* it happened while building the tree from the data */
+};
+/* One line for a log: "I/O error from the object store at offset 8192:
+ * Input/output error", "block at offset 4096 does not match ...". */
+const char *cfs_fault_describe(const struct cfs_read_fault *f, char *buf, size_t bufsz);
+ssize_t cfs_object_pread_whole(struct cfs_object *obj, void *buf, size_t len, uint64_t off, void **ret_whole,
+			       struct cfs_read_fault *ret_fault);
 enum cfs_verify_method cfs_object_method(const struct cfs_object *obj);
 /* fsck: make sure every byte of the object matches its digest.  Builds the
  * tree from the data if there is none (and then that pass is the check);

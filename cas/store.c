@@ -164,6 +164,8 @@ void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret_stats)
 	ret_stats->objects_evicted = atomic_load(&cas->stats.objects_evicted);
 	ret_stats->trees_from_store = atomic_load(&cas->stats.trees_from_store);
 	ret_stats->read_io_errors = atomic_load(&cas->stats.read_io_errors);
+	ret_stats->objects_mismatched = atomic_load(&cas->stats.objects_mismatched);
+	ret_stats->size_mismatches = atomic_load(&cas->stats.size_mismatches);
 	ret_stats->bytes_read = atomic_load(&cas->stats.bytes_read);
 	ret_stats->blocks_hashed = atomic_load(&cas->stats.blocks_hashed);
 	for (int i = 0; i < 3; i++)

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -153,7 +154,7 @@ static void persist_tree(struct cfs_cas *cas, struct cfs_object *obj, const stru
  * With @ret_whole (and a small enough object), a build hands over the data
  * it verified.  -EBADMSG: the data is not the object; else -errno.
  */
-static int get_tree(struct cfs_object *obj, void **ret_whole, bool *ret_built)
+static int get_tree(struct cfs_object *obj, void **ret_whole, bool *ret_built, struct cfs_read_fault *ret_fault)
 {
 	struct cfs_cas *cas = obj->cas;
 	struct cfs_merkle *t = NULL;
@@ -173,6 +174,8 @@ static int get_tree(struct cfs_object *obj, void **ret_whole, bool *ret_built)
 
 		if (file_ident(obj->fd, &id) == 0 && ident_equal(&id, &obj->failed_ident)) {
 			pthread_mutex_unlock(&obj->lock);
+			if (ret_fault)
+				*ret_fault = (struct cfs_read_fault){ .kind = CFS_FAULT_MISMATCH, .whole = true };
 			return -EBADMSG;
 		}
 		obj->failed = false;
@@ -191,8 +194,14 @@ static int get_tree(struct cfs_object *obj, void **ret_whole, bool *ret_built)
 			built = true;
 			atomic_fetch_add(&cas->stats.trees_built, 1);
 			persist_tree(cas, obj, t);
-		} else if (r != -EBADMSG && r != -ENOMEM) {
+		} else if (r == -EBADMSG) {
+			atomic_fetch_add(&cas->stats.objects_mismatched, 1);
+			if (ret_fault)
+				*ret_fault = (struct cfs_read_fault){ .kind = CFS_FAULT_MISMATCH, .whole = true };
+		} else if (r != -ENOMEM) {
 			atomic_fetch_add(&cas->stats.read_io_errors, 1);
+			if (ret_fault)
+				*ret_fault = (struct cfs_read_fault){ .kind = CFS_FAULT_IO, .err = -r, .whole = true };
 		}
 	}
 
@@ -219,7 +228,14 @@ struct read_ctx {
 	uint8_t *user;       /* caller's buffer */
 	uint64_t off, end;   /* requested range, end <= size */
 	int err;
+	struct cfs_read_fault fault; /* the first failure */
 };
+
+static void fault_note(struct read_ctx *c, enum cfs_fault_kind kind, int err, uint64_t off)
+{
+	if (c->fault.kind == CFS_FAULT_NONE)
+		c->fault = (struct cfs_read_fault){ .kind = kind, .err = err, .off = off };
+}
 
 /* A segment is either direct (whole blocks read into the caller's buffer)
  * or a bounce block (head/tail/last block of the file, read into an
@@ -238,8 +254,13 @@ static int seg_done(void *userdata, struct cfs_io_seg *seg)
 	if (seg->res > 0)
 		atomic_fetch_add(&obj->cas->stats.bytes_read, (uint64_t)seg->res);
 	if (seg->res < 0 || (uint64_t)seg->res != expect) {
-		if (seg->res < 0)
+		if (seg->res < 0) {
 			atomic_fetch_add(&obj->cas->stats.read_io_errors, 1);
+			fault_note(c, CFS_FAULT_IO, -seg->res, seg->off);
+		} else {
+			atomic_fetch_add(&obj->cas->stats.size_mismatches, 1);
+			fault_note(c, CFS_FAULT_SIZE, 0, seg->off);
+		}
 		bad = true;
 	} else if (obj->method == CFS_VERIFY_USERSPACE) {
 		const struct cfs_merkle *t = atomic_load_explicit(&obj->tree, memory_order_acquire);
@@ -256,6 +277,7 @@ static int seg_done(void *userdata, struct cfs_io_seg *seg)
 			/* Go on after a bad block: each one is counted. */
 			if (cfs_merkle_verify_hash(t, (seg->off + o) / BS, h) < 0) {
 				atomic_fetch_add(&obj->cas->stats.blocks_failed, 1);
+				fault_note(c, CFS_FAULT_MISMATCH, 0, seg->off + o);
 				bad = true;
 			}
 		}
@@ -279,7 +301,8 @@ static int seg_done(void *userdata, struct cfs_io_seg *seg)
 }
 
 /* One window [off, end) with end - off <= WINDOW. */
-static int read_window(struct cfs_object *obj, uint8_t *user, uint64_t off, uint64_t end)
+static int read_window(struct cfs_object *obj, uint8_t *user, uint64_t off, uint64_t end,
+		       struct cfs_read_fault *fault)
 {
 	_Alignas(64) uint8_t bounce[2][BS];
 	struct cfs_io_seg segs[MAX_SEGS];
@@ -299,6 +322,8 @@ static int read_window(struct cfs_object *obj, uint8_t *user, uint64_t off, uint
 			n++;
 		}
 		r = cfs_io_read_segs(&obj->cas->io, obj->fd, segs, n, seg_done, &c);
+		if (fault->kind == CFS_FAULT_NONE)
+			*fault = c.fault;
 		return r < 0 ? r : c.err;
 	}
 
@@ -333,16 +358,22 @@ static int read_window(struct cfs_object *obj, uint8_t *user, uint64_t off, uint
 		}
 	}
 	r = cfs_io_read_segs(&obj->cas->io, obj->fd, segs, n, seg_done, &c);
+	if (fault->kind == CFS_FAULT_NONE)
+		*fault = c.fault;
 	return r < 0 ? r : c.err;
 }
 
-ssize_t cfs_object_pread_whole(struct cfs_object *obj, void *buf, size_t len, uint64_t off, void **ret_whole)
+ssize_t cfs_object_pread_whole(struct cfs_object *obj, void *buf, size_t len, uint64_t off, void **ret_whole,
+			       struct cfs_read_fault *ret_fault)
 {
+	struct cfs_read_fault fault = { .kind = CFS_FAULT_NONE };
 	uint64_t end;
 	int err = 0;
 
 	if (ret_whole)
 		*ret_whole = NULL;
+	if (ret_fault)
+		*ret_fault = fault;
 	if (off >= obj->size || len == 0)
 		return 0;
 	end = obj->size - off < len ? obj->size : off + len;
@@ -350,7 +381,7 @@ ssize_t cfs_object_pread_whole(struct cfs_object *obj, void *buf, size_t len, ui
 		end = off + SSIZE_MAX;
 	if (obj->method == CFS_VERIFY_USERSPACE && !atomic_load_explicit(&obj->tree, memory_order_acquire)) {
 		void *whole = NULL;
-		int r = get_tree(obj, &whole, NULL);
+		int r = get_tree(obj, &whole, NULL, ret_fault);
 
 		if (r < 0)
 			return r == -EBADMSG ? -EIO : r;
@@ -371,18 +402,50 @@ ssize_t cfs_object_pread_whole(struct cfs_object *obj, void *buf, size_t len, ui
 
 		if (wend > end)
 			wend = end;
-		r = read_window(obj, (uint8_t *)buf + (o - off), o, wend);
+		r = read_window(obj, (uint8_t *)buf + (o - off), o, wend, &fault);
 		if (r < 0 && err == 0)
 			err = r; /* go on: the caller gets no partial success, but
 				    every block is checked and counted */
 		o = wend;
 	}
+	if (err < 0 && ret_fault)
+		*ret_fault = fault;
 	return err < 0 ? err : (ssize_t)(end - off);
 }
 
 ssize_t cfs_object_pread(struct cfs_object *obj, void *buf, size_t len, uint64_t off)
 {
-	return cfs_object_pread_whole(obj, buf, len, off, NULL);
+	return cfs_object_pread_whole(obj, buf, len, off, NULL, NULL);
+}
+
+const char *cfs_fault_describe(const struct cfs_read_fault *f, char *buf, size_t bufsz)
+{
+	switch (f->kind) {
+	case CFS_FAULT_MISMATCH:
+		if (f->whole)
+			snprintf(buf, bufsz, "the object's data do not match its fs-verity digest "
+					     "(no trusted tree: the whole file fails)");
+		else
+			snprintf(buf, bufsz, "the block at offset %llu does not match the fs-verity digest",
+				 (unsigned long long)f->off);
+		break;
+	case CFS_FAULT_SIZE:
+		snprintf(buf, bufsz, "the object changed size (read at offset %llu came back short or long)",
+			 (unsigned long long)f->off);
+		break;
+	case CFS_FAULT_IO:
+		if (f->whole)
+			snprintf(buf, bufsz, "I/O error from the object store while reading it whole: %s",
+				 strerror(f->err));
+		else
+			snprintf(buf, bufsz, "I/O error from the object store at offset %llu: %s",
+				 (unsigned long long)f->off, strerror(f->err));
+		break;
+	default:
+		snprintf(buf, bufsz, "read failed");
+		break;
+	}
+	return buf;
 }
 
 int cfs_object_check_all(struct cfs_object *obj)
@@ -394,7 +457,7 @@ int cfs_object_check_all(struct cfs_object *obj)
 		return 0;
 	if (obj->method == CFS_VERIFY_USERSPACE && !atomic_load_explicit(&obj->tree, memory_order_acquire)) {
 		bool built = false;
-		int r = get_tree(obj, NULL, &built);
+		int r = get_tree(obj, NULL, &built, NULL);
 
 		if (r < 0)
 			return r == -EBADMSG ? -EIO : r;

@@ -59,6 +59,8 @@ struct cfsd_stats {
 	atomic_uint_fast64_t read_bytes;
 	atomic_uint_fast64_t read_errors;
 	atomic_uint_fast64_t pushed_bytes;      /* verified data stored into the page cache */
+	atomic_uint_fast64_t objects_missing;   /* object not in any basedir (each request) */
+	atomic_uint_fast64_t objects_refused;   /* path refused: leaves the store, symlink... */
 	atomic_uint_fast64_t lookups;           /* lookup requests reaching us */
 	atomic_uint_fast64_t readdirs;          /* readdir(plus) requests */
 	atomic_uint_fast64_t opendirs;          /* opendir requests reaching us */

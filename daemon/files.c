@@ -300,6 +300,10 @@ static int get_object(struct cfsd *d, const struct cfs_inode *ci, const struct c
 		return 0;
 
 fail_msg:
+	if (r == -ENOENT)
+		atomic_fetch_add(&d->stats.objects_missing, 1);
+	else if (r == -EPERM || r == -EINVAL || r == -ENAMETOOLONG)
+		atomic_fetch_add(&d->stats.objects_refused, 1);
 	if (cfsd_first_error(d, ci->nid)) {
 		object_name(&b, what, sizeof(what));
 		cfsd_describe_nid(d, ci->nid, where, sizeof(where));
@@ -502,9 +506,9 @@ static void push_to_cache(struct cfsd *d, fuse_ino_t ino, const uint8_t *whole, 
 }
 
 static void log_read_error(struct cfsd *d, uint64_t nid, const struct cfs_backing *b, off_t off,
-			   size_t size, int err)
+			   size_t size, int err, const struct cfs_read_fault *fault)
 {
-	char where[1024], what[320] = "?";
+	char where[1024], what[320] = "?", why[256];
 
 	if (!cfsd_first_error(d, nid | CFSD_ERR_READ))
 		return;
@@ -512,7 +516,9 @@ static void log_read_error(struct cfsd *d, uint64_t nid, const struct cfs_backin
 	if (b)
 		object_name(b, what, sizeof(what));
 	cfsd_log(FUSE_LOG_ERR, "%s: read of object %s at offset %lld (%zu bytes) failed: %s\n", where,
-		 what, (long long)off, size, object_error(err, true));
+		 what, (long long)off, size,
+		 fault->kind != CFS_FAULT_NONE ? cfs_fault_describe(fault, why, sizeof(why))
+					       : object_error(err, true));
 }
 
 void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -522,6 +528,7 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 	_cleanup_(cfs_object_unrefp) struct cfs_object *looked_up = NULL;
 	struct cfs_object *obj = NULL;
 	struct cfs_backing b = { 0 };
+	struct cfs_read_fault fault;
 	struct cfs_inode ci;
 	void *whole = NULL;
 	char *buf;
@@ -569,7 +576,7 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 			return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "file data", (int)n));
 		}
 	} else {
-		n = cfs_object_pread_whole(obj, buf, size, (uint64_t)off, &whole);
+		n = cfs_object_pread_whole(obj, buf, size, (uint64_t)off, &whole, &fault);
 		if (n < 0) {
 			bool expected = false;
 
@@ -583,9 +590,9 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 
 				if (oi && cfs_img_read_inode(d->img, nid, &ci2) >= 0 &&
 				    cfs_img_get_backing(d->img, &ci2, &b2) >= 0)
-					log_read_error(d, nid, &b2, off, size, (int)n);
+					log_read_error(d, nid, &b2, off, size, (int)n, &fault);
 				else
-					log_read_error(d, nid, oi ? NULL : &b, off, size, (int)n);
+					log_read_error(d, nid, oi ? NULL : &b, off, size, (int)n, &fault);
 			}
 			return (void)fuse_reply_err(req, n == -ENOMEM ? ENOMEM : EIO);
 		}
@@ -712,6 +719,10 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	put(out, "cas_blocks_hashed", cs.blocks_hashed);
 	put(out, "cas_trees_from_store", cs.trees_from_store);
 	put(out, "cas_read_io_errors", cs.read_io_errors);
+	put(out, "cas_objects_mismatched", cs.objects_mismatched);
+	put(out, "cas_size_mismatches", cs.size_mismatches);
+	put(out, "objects_missing", atomic_load(&s->objects_missing));
+	put(out, "objects_refused", atomic_load(&s->objects_refused));
 	put(out, "cas_trees_built", cs.trees_built);
 	put(out, "cas_trees_from_memory", cs.trees_from_memory);
 	put(out, "cas_trees_from_disk", cs.trees_from_disk);

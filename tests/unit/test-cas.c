@@ -928,7 +928,7 @@ static void test_store_trees(void)
 		void *whole = NULL;
 
 		CHECK_EQ(open_obj(cas, &o, &obj), 0);
-		CHECK_EQ(cfs_object_pread_whole(obj, buf, 131072, 0, &whole), 131072);
+		CHECK_EQ(cfs_object_pread_whole(obj, buf, 131072, 0, &whole, NULL), 131072);
 		CHECK(whole != NULL && memcmp(whole, data, size) == 0);
 		CHECK(memcmp(buf, data, 131072) == 0);
 		free(whole);
@@ -940,7 +940,7 @@ static void test_store_trees(void)
 		CHECK(stat(tfile, &sb) == 0);
 		CHECK_EQ(sb.st_mode & 0777, 0644);
 		/* then block by block */
-		CHECK_EQ(cfs_object_pread_whole(obj, buf, 4096, 8192, &whole), 4096);
+		CHECK_EQ(cfs_object_pread_whole(obj, buf, 4096, 8192, &whole, NULL), 4096);
 		CHECK(whole == NULL);
 		free(buf);
 	}
