@@ -131,7 +131,8 @@ static void cfsd_op_init(void *userdata, struct fuse_conn_info *conn)
 	/* ACLs are checked by the kernel (default_permissions) and cached in
 	 * its ACL cache; they are read once through getxattr.  Only asked for
 	 * when the image has any: the kernel creates the root inode before
-	 * INIT, marks its ACLs uncacheable for good, and would then send a
+	 * INIT, marks its ACLs uncacheable for good (a notify_inval_inode of
+	 * the root does not change that on Linux 6.18), and would then send a
 	 * GETXATTR for every permission check on the root by anyone but its
 	 * owner.  Without ACLs, the mode bits are all there is to check. */
 	if ((conn->capable & FUSE_CAP_POSIX_ACL) && d->image_has_acls)
