@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "cfs-image.h"
 #include "cas.h"
@@ -117,6 +118,8 @@ struct cfsd {
 	bool single_thread;  /* the session loop runs on one thread */
 	int image_fd;        /* the image file, O_RDONLY (probes passthrough) */
 	enum cfsd_xattrs xattrs;
+	bool uring;          /* uring=auto: FUSE over io_uring when the kernel offers it */
+	atomic_bool uring_on; /* the ring serves requests (one thread per queue) */
 	bool image_has_xattrs; /* an xattr some reader could see (not overlay-internal) */
 	bool image_has_acls;   /* a system.posix_acl_* xattr */
 };
@@ -152,6 +155,8 @@ int cfsd_image_error(struct cfsd *d, uint64_t nid, const char *what, int err);
 
 /* files.c */
 int cfsd_files_new(struct cfsd *d);
+/* Stop the threads of files.c (before the session goes). */
+void cfsd_files_stop(struct cfsd *d);
 void cfsd_files_free(struct cfsd *d);
 /* Keys of cfsd_first_error(): a nid alone for open failures, with one of
  * these bits for the other kinds of failure, so that each is logged once.
@@ -170,6 +175,20 @@ void cfsd_stats_print(struct cfsd *d, FILE *out);
  * its next call on this thread; NULL if out of memory.  Freed at thread exit
  * (cfsd_files_free() frees the calling thread's). */
 void *cfsd_thread_buffer(size_t size);
+
+/* uring.c: FUSE over io_uring underneath libfuse 3.14 (through the
+ * custom-io shim of passthrough.c). */
+void cfsd_uring_note_init(uint32_t flags2);
+/* INIT reply: the flags2 bits to add (0: not asked for). */
+uint32_t cfsd_uring_init_reply(struct cfsd *d, uint32_t max_write, uint16_t max_pages);
+/* After the INIT reply: register the queues and start their threads. */
+void cfsd_uring_start(struct cfsd *d, int fd);
+/* A reply written on a ring thread: commit it to its entry (true, *ret
+ * the writev result) or not one of ours (false). */
+bool cfsd_uring_reply(const struct iovec *iov, int count, ssize_t *ret);
+void cfsd_uring_stop(void);
+const char *cfsd_uring_describe(void);
+uint64_t cfsd_uring_requests(void);
 
 /* passthrough.c: kernel passthrough (FUSE_PASSTHROUGH, kernel 6.9+).
  * cfsd_pt_setup() is called after mounting and before the session loop;

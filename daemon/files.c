@@ -54,9 +54,26 @@ enum files_mode {
 	MODE_NO_OPEN,
 };
 
+/* A verified whole object waiting to go into the page cache. */
+struct push_job {
+	struct push_job *next;
+	fuse_ino_t ino;
+	uint8_t *whole;
+	uint64_t size, skip_off, skip_end;
+};
+
+#define PUSH_PENDING_MAX (32ULL << 20)
+
 struct cfsd_files {
 	pthread_mutex_t lock;
 	_Atomic int mode;       /* enum files_mode, set once under @lock */
+	/* The pusher thread (io_uring transport), under push_lock. */
+	pthread_mutex_t push_lock;
+	pthread_cond_t push_cond;
+	struct push_job *push_head, *push_tail;
+	uint64_t push_bytes;
+	bool push_started, push_stop;
+	pthread_t push_thread;
 	struct open_inode *buckets[BUCKETS];
 	/* nids whose open failure was already logged: one line per object */
 	uint64_t logged[LOGGED_MAX];
@@ -117,8 +134,32 @@ int cfsd_files_new(struct cfsd *d)
 	if (!f)
 		return -ENOMEM;
 	pthread_mutex_init(&f->lock, NULL);
+	pthread_mutex_init(&f->push_lock, NULL);
+	pthread_cond_init(&f->push_cond, NULL);
 	d->files = f;
 	return 0;
+}
+
+void cfsd_files_stop(struct cfsd *d)
+{
+	struct cfsd_files *f = d->files;
+
+	if (!f)
+		return;
+	pthread_mutex_lock(&f->push_lock);
+	f->push_stop = true;
+	pthread_cond_broadcast(&f->push_cond);
+	pthread_mutex_unlock(&f->push_lock);
+	if (f->push_started)
+		pthread_join(f->push_thread, NULL);
+	f->push_started = false;
+	while (f->push_head) {
+		struct push_job *j = f->push_head;
+
+		f->push_head = j->next;
+		free(j->whole);
+		free(j);
+	}
 }
 
 static void open_inode_free(fuse_req_t req, struct open_inode *oi)
@@ -142,6 +183,9 @@ void cfsd_files_free(struct cfsd *d)
 			open_inode_free(NULL, oi);
 		}
 	}
+	cfsd_files_stop(d);
+	pthread_cond_destroy(&f->push_cond);
+	pthread_mutex_destroy(&f->push_lock);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
 	d->files = NULL;
@@ -485,7 +529,7 @@ static void push_to_cache(struct cfsd *d, fuse_ino_t ino, const uint8_t *whole, 
 	const uint64_t chunk = 1 << 20;
 	uint64_t ranges[2][2] = { { 0, skip_off & ~(uint64_t)4095 }, { skip_end, size } };
 
-	if (d->single_thread || !d->se)
+	if (!d->se)
 		return;
 	if (skip_end < size && skip_end % 4096)
 		ranges[1][0] = (skip_end + 4095) & ~(uint64_t)4095;
@@ -503,6 +547,76 @@ static void push_to_cache(struct cfsd *d, fuse_ino_t ino, const uint8_t *whole, 
 			o += n;
 		}
 	}
+}
+
+static void *pusher(void *p)
+{
+	struct cfsd *d = p;
+	struct cfsd_files *f = d->files;
+
+	pthread_mutex_lock(&f->push_lock);
+	for (;;) {
+		struct push_job *j;
+
+		while (!f->push_head && !f->push_stop)
+			pthread_cond_wait(&f->push_cond, &f->push_lock);
+		if (f->push_stop)
+			break;
+		j = f->push_head;
+		f->push_head = j->next;
+		if (!f->push_head)
+			f->push_tail = NULL;
+		pthread_mutex_unlock(&f->push_lock);
+		push_to_cache(d, j->ino, j->whole, j->size, j->skip_off, j->skip_end);
+		pthread_mutex_lock(&f->push_lock);
+		f->push_bytes -= j->size;
+		free(j->whole);
+		free(j);
+	}
+	pthread_mutex_unlock(&f->push_lock);
+	return NULL;
+}
+
+/*
+ * The rest of a whole verified object for the page cache.  On /dev/fuse,
+ * before the reply (so the reader's next read finds the pages).  Never
+ * from the single-threaded loop or from an io_uring queue thread, where a
+ * store into a page that another READ holds locked would wait for that
+ * READ's reply, which only this thread could send: with io_uring a pusher
+ * thread does it after the reply.  Takes @whole.
+ */
+static void hand_over(struct cfsd *d, fuse_ino_t ino, uint8_t *whole, uint64_t size, uint64_t skip_off,
+		      uint64_t skip_end)
+{
+	struct cfsd_files *f = d->files;
+	struct push_job *j;
+
+	if (!atomic_load(&d->uring_on)) {
+		if (!d->single_thread)
+			push_to_cache(d, ino, whole, size, skip_off, skip_end);
+		free(whole);
+		return;
+	}
+	j = malloc(sizeof(*j));
+	pthread_mutex_lock(&f->push_lock);
+	if (j && !f->push_stop && f->push_bytes + size <= PUSH_PENDING_MAX &&
+	    (f->push_started || pthread_create(&f->push_thread, NULL, pusher, d) == 0)) {
+		f->push_started = true;
+		*j = (struct push_job){ .ino = ino, .whole = whole, .size = size, .skip_off = skip_off,
+					.skip_end = skip_end };
+		if (f->push_tail)
+			f->push_tail->next = j;
+		else
+			f->push_head = j;
+		f->push_tail = j;
+		f->push_bytes += size;
+		pthread_cond_signal(&f->push_cond);
+		j = NULL;
+		whole = NULL;
+	}
+	pthread_mutex_unlock(&f->push_lock);
+	free(j);
+	free(whole); /* not queued: read again later, verified again */
 }
 
 static void log_read_error(struct cfsd *d, uint64_t nid, const struct cfs_backing *b, off_t off,
@@ -597,13 +711,14 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 			return (void)fuse_reply_err(req, n == -ENOMEM ? ENOMEM : EIO);
 		}
 	}
-	if (whole) {
-		/* Before the reply: the reader's next read finds the pages. */
-		push_to_cache(d, ino, whole, cfs_object_size(obj), (uint64_t)off, (uint64_t)off + (uint64_t)n);
-		free(whole);
+	if (whole && !atomic_load(&d->uring_on)) {
+		hand_over(d, ino, whole, cfs_object_size(obj), (uint64_t)off, (uint64_t)off + (uint64_t)n);
+		whole = NULL;
 	}
 	atomic_fetch_add(&d->stats.read_bytes, (uint64_t)n);
 	fuse_reply_buf(req, buf, (size_t)n);
+	if (whole)
+		hand_over(d, ino, whole, cfs_object_size(obj), (uint64_t)off, (uint64_t)off + (uint64_t)n);
 }
 
 void cfsd_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -679,6 +794,7 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	fprintf(out, "xattrs %s\n", cfsd_xattrs_names[d->xattrs]);
 	fprintf(out, "image_xattrs %s\n", d->image_has_acls ? "acls" : d->image_has_xattrs ? "yes" : "none");
 	fprintf(out, "io %s\n", d->cas ? cfs_cas_io_backend(d->cas) : "none");
+	fprintf(out, "transport %s\n", atomic_load(&d->uring_on) ? "io_uring" : "dev-fuse");
 	/* The methods objects were verified with so far ("none" before the
 	 * first external file is opened). */
 	fputs("verification ", out);
@@ -702,6 +818,7 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	put(out, "read_bytes", atomic_load(&s->read_bytes));
 	put(out, "read_errors", atomic_load(&s->read_errors));
 	put(out, "pushed_bytes", atomic_load(&s->pushed_bytes));
+	put(out, "uring_requests", cfsd_uring_requests());
 	put(out, "lookups", atomic_load(&s->lookups));
 	put(out, "readdirs", atomic_load(&s->readdirs));
 	put(out, "opendirs", atomic_load(&s->opendirs));

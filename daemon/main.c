@@ -128,6 +128,7 @@ struct options {
 	char *xattrs;
 	char *signature;
 	char *cert;
+	char *uring;
 	int noauto_unmount;
 	int keep_caps;
 	char *positional[3];
@@ -151,6 +152,7 @@ static const struct fuse_opt cfsd_opts[] = {
 	OPT("xattrs=%s", xattrs),
 	OPT("signature=%s", signature),
 	OPT("cert=%s", cert),
+	OPT("uring=%s", uring),
 	OPT("noauto_unmount", noauto_unmount),
 	OPT("keep_caps", keep_caps),
 	FUSE_OPT_END
@@ -203,6 +205,8 @@ static void usage(const char *prog)
 	       "    tree_cache_size=BYTES  in-memory Merkle tree cache (K/M/G suffixes)\n"
 	       "    io=auto|uring|pread    how backing files are read\n"
 	       "    timeout=SECONDS        entry and attribute cache timeout (default 86400)\n"
+	       "    uring=auto|off         serve requests over io_uring when the kernel offers\n"
+	       "                           it (Linux 6.14+, fuse enable_uring=Y; default auto)\n"
 	       "    xattrs=auto|always     auto (default): an image without xattrs a reader\n"
 	       "                           could see tells the kernel there are none (no round\n"
 	       "                           trips; EOPNOTSUPP instead of ENODATA); always: answer\n"
@@ -613,6 +617,14 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 	if (r < 0)
 		return r;
 	d->xattrs = (enum cfsd_xattrs)r;
+	{
+		static const char *const uring_names[] = { "auto", "off" };
+
+		r = parse_choice("uring", o->uring, uring_names, ARRAY_SIZE(uring_names));
+		if (r < 0)
+			return r;
+		d->uring = r == 0;
+	}
 	if (o->tree_cache_size && parse_size(o->tree_cache_size, &co->tree_cache_bytes) < 0) {
 		fprintf(stderr, "composefs-fuse: tree_cache_size=%s: not a size\n", o->tree_cache_size);
 		return -EINVAL;
@@ -911,7 +923,8 @@ int main(int argc, char *argv[])
 	}
 	mounted = true;
 
-	if (d.passthrough != CFSD_PT_OFF) {
+	/* The custom-io shim: passthrough and FUSE over io_uring both need it. */
+	if (d.passthrough != CFSD_PT_OFF || d.uring) {
 		r = cfsd_pt_setup(&d, d.se);
 		if (r < 0 && r != -EOPNOTSUPP)
 			cfsd_log(FUSE_LOG_WARNING, "passthrough unavailable: %s\n", strerror(-r));
@@ -972,6 +985,8 @@ out_unmount:
 	stop_stats(false);
 	if (mounted)
 		fuse_session_unmount(d.se);
+	cfsd_uring_stop(); /* its threads end with the connection */
+	cfsd_files_stop(&d);
 out_session:
 	if (sig_installed)
 		fuse_remove_signal_handlers(d.se);
@@ -999,6 +1014,7 @@ out_args:
 	free(o.xattrs);
 	free(o.signature);
 	free(o.cert);
+	free(o.uring);
 	free(o.io);
 	free(o.stats_file);
 	free(o.timeout);

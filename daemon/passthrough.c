@@ -183,6 +183,7 @@ static ssize_t pt_read(int fd, void *buf, size_t len, void *userdata)
 		atomic_store(&pt_kernel_offers, offers);
 		atomic_store(&pt_init_unique, in->unique);
 		atomic_store(&pt_init_pending, true);
+		cfsd_uring_note_init(arg->major == 7 && (arg->flags & PT_INIT_EXT) ? arg->flags2 : 0);
 	}
 	return n;
 }
@@ -219,13 +220,33 @@ static ssize_t pt_write_patched(int fd, const struct iovec *iov, int count, bool
 	} else if (out->error == 0 &&
 		   (size_t)total >= sizeof(*out) + offsetof(struct pt_init_out, max_stack_depth) + 4) {
 		struct pt_init_out *o = (struct pt_init_out *)(out + 1);
-		if (o->major == 7 && atomic_load(&pt_kernel_offers)) {
+		uint32_t uring = o->major == 7 ? cfsd_uring_init_reply(cfsd_global, o->max_write, o->max_pages) : 0;
+
+		if (o->major == 7 && atomic_load(&pt_kernel_offers) && cfsd_global->passthrough != CFSD_PT_OFF) {
 			o->flags |= PT_INIT_EXT;
 			o->flags &= ~PT_WRITEBACK_CACHE;
 			o->flags2 |= PT_FLAGS2_PASSTHROUGH;
 			o->max_stack_depth = 1;
 			atomic_store(&pt_negotiated, true);
 		}
+		if (uring) {
+			ssize_t n;
+
+			o->flags |= PT_INIT_EXT;
+			o->flags2 |= uring;
+			n = write(fd, buf, (size_t)total);
+			/* The kernel has taken INIT: the queues may register. */
+			if (n == total)
+				cfsd_uring_start(cfsd_global, fd);
+			return n;
+		}
+	}
+	if (is_open) {
+		struct iovec v = { buf, (size_t)total };
+		ssize_t ret;
+
+		if (cfsd_uring_reply(&v, 1, &ret))
+			return ret;
 	}
 	return write(fd, buf, (size_t)total);
 }
@@ -244,6 +265,12 @@ static ssize_t pt_writev(int fd, struct iovec *iov, int count, void *userdata)
 	if (atomic_load(&pt_init_pending) && out->unique == atomic_load(&pt_init_unique)) {
 		atomic_store(&pt_init_pending, false);
 		return pt_write_patched(fd, iov, count, false, -1);
+	}
+	{
+		ssize_t ret;
+
+		if (cfsd_uring_reply(iov, count, &ret))
+			return ret;
 	}
 	return writev(fd, iov, count);
 }

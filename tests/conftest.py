@@ -139,6 +139,9 @@ def fuse_mount(image, basedir=None, options=(), mnt=None, env=None, preexec_fn=N
             os.rmdir(mnt)
         assert rc == 0, f"daemon exited {rc}: {err}"
         assert not SUSPICIOUS.search(err), err
+        # scripts/test.sh's second pass: every mount really served over io_uring
+        if os.environ.get("CFS_TRANSPORT") == "io_uring" and "uring=off" not in opts:
+            assert "transport: FUSE over io_uring" in err, err
 
 
 def list_xattrs(path):
