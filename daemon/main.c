@@ -205,8 +205,9 @@ static void usage(const char *prog)
 	       "    tree_cache_size=BYTES  in-memory Merkle tree cache (K/M/G suffixes)\n"
 	       "    io=auto|uring|pread    how backing files are read\n"
 	       "    timeout=SECONDS        entry and attribute cache timeout (default 86400)\n"
-	       "    uring=auto|off         serve requests over io_uring when the kernel offers\n"
-	       "                           it (Linux 6.14+, fuse enable_uring=Y; default auto)\n"
+	       "    uring=off|auto         auto: serve requests over io_uring when the kernel\n"
+	       "                           offers it (Linux 6.14+, fuse enable_uring=Y); faster\n"
+	       "                           cold metadata walks, slower cold reads (default off)\n"
 	       "    xattrs=auto|always     auto (default): an image without xattrs a reader\n"
 	       "                           could see tells the kernel there are none (no round\n"
 	       "                           trips; EOPNOTSUPP instead of ENODATA); always: answer\n"
@@ -618,12 +619,15 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 		return r;
 	d->xattrs = (enum cfsd_xattrs)r;
 	{
-		static const char *const uring_names[] = { "auto", "off" };
+		/* Off by default: it halves cold metadata walks but serves each
+		 * CPU's reads on one thread, which slows cold data reads
+		 * (README, "Performance"). */
+		static const char *const uring_names[] = { "off", "auto" };
 
 		r = parse_choice("uring", o->uring, uring_names, ARRAY_SIZE(uring_names));
 		if (r < 0)
 			return r;
-		d->uring = r == 0;
+		d->uring = r == 1;
 	}
 	if (o->tree_cache_size && parse_size(o->tree_cache_size, &co->tree_cache_bytes) < 0) {
 		fprintf(stderr, "composefs-fuse: tree_cache_size=%s: not a size\n", o->tree_cache_size);
@@ -792,6 +796,12 @@ static int add_mount_options(struct fuse_args *args, const char *image, const ch
 	    (auto_unmount && fuse_opt_add_arg(args, "-oauto_unmount") < 0) ||
 	    fuse_opt_add_arg(args, mnt) < 0)
 		return -ENOMEM;
+#if FUSE_MAJOR_VERSION == 3 && FUSE_MINOR_VERSION >= 18
+	/* libfuse 3.18 and later serve FUSE over io_uring themselves (and
+	 * fall back to /dev/fuse): uring.c is only for 3.14. */
+	if (cfsd_global->uring && fuse_opt_add_arg(args, "-oio_uring") < 0)
+		return -ENOMEM;
+#endif
 	return 0;
 }
 

@@ -45,12 +45,14 @@ def _walk_and_read(src, mnt):
 
 @pytest.mark.parametrize("param,option,want", [("Y", "uring=auto", "io_uring"),
                                                 ("Y", "uring=off", "dev-fuse"),
+                                                ("Y", None, "dev-fuse"),  # off by default
                                                 ("N", "uring=auto", "dev-fuse")])
 def test_transport(image, tmp_path, uring_param, param, option, want):
     src, img, objs = image
     uring_param(param)
     stats = str(tmp_path / "stats")
-    with fuse_mount(img, objs, options=[option, f"stats_file={stats}"]) as (mnt, proc):
+    opts = [f"stats_file={stats}"] + ([option] if option else [])
+    with fuse_mount(img, objs, options=opts) as (mnt, proc):
         _walk_and_read(src, mnt)
         s = _snap(proc, stats)
     assert s["transport"] == want, s
