@@ -387,6 +387,21 @@ static void table_grow(struct cfs_cas *cas)
 	cas->nbuckets = n;
 }
 
+/* Is the file at @obj's path no longer the one whose data failed?  Only
+ * its identity is compared (no content is read); a path that cannot be
+ * stat'ed counts as replaced, so that a fresh open reports why. */
+static bool failed_file_replaced(struct cfs_cas *cas, const struct cfs_object *obj)
+{
+	const struct cfs_file_ident *f = &obj->failed_ident;
+	struct stat st;
+
+	if (fstatat(cas->basedir_fds[obj->basedir], obj->key, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return true;
+	return st.st_dev != f->dev || st.st_ino != f->ino || st.st_size != f->size ||
+	       st.st_mtim.tv_sec != f->mtime.tv_sec || st.st_mtim.tv_nsec != f->mtime.tv_nsec ||
+	       st.st_ctim.tv_sec != f->ctime.tv_sec || st.st_ctim.tv_nsec != f->ctime.tv_nsec;
+}
+
 static void object_free(struct cfs_object *obj)
 {
 	if (obj->fd >= 0)
@@ -547,6 +562,12 @@ int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redire
 	for (obj = cas->buckets[h % cas->nbuckets]; obj; obj = obj->hash_next) {
 		if (obj->hash == h && obj->has_digest == (digest != NULL) && strcmp(obj->key, key) == 0)
 			break;
+	}
+	if (obj && atomic_load(&obj->refcount) == 0 && obj->idle && obj->failed && failed_file_replaced(cas, obj)) {
+		/* Its data failed the digest, and the file at its path is
+		 * another one now (the store was repaired): start afresh. */
+		idle_evict(cas, obj);
+		obj = NULL;
 	}
 	if (obj) {
 		/* References are taken from 0 only here, under the lock; an

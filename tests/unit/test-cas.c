@@ -368,6 +368,41 @@ static void test_corruption_after_open(void)
 	}
 }
 
+/* A corrupt object fails without being read again, until the store is
+ * repaired by putting a good copy in its place (a new file). */
+static void test_repaired_by_replacing(void)
+{
+	_cleanup_free_ char *store = new_store("replace");
+	size_t size = 70000;
+	_cleanup_free_ uint8_t *data = pattern(size, 60);
+	struct cfs_cas_options opts = { .verify = true };
+	_cleanup_(cfs_cas_unrefp) struct cfs_cas *cas = NULL;
+	struct cfs_object *obj = NULL;
+	struct cfs_cas_stats st;
+	struct obj_info o;
+	char *tmp;
+
+	put_object(store, data, size, &o);
+	patch_file(o.path, 1000, 0x10);
+	cas = open_cas(store, &opts);
+	for (int i = 0; i < 3; i++) {
+		CHECK_EQ(open_obj(cas, &o, &obj), 0);
+		CHECK_EQ(read_check(obj, &o, 0, 4096), -EIO);
+		cfs_object_unref(obj);
+	}
+	cfs_cas_get_stats(cas, &st);
+	CHECK_EQ(st.bytes_read, size); /* read once, not three times */
+	/* repaired: a good copy renamed over it */
+	tmp = pathf("%s.new", o.path);
+	write_file(tmp, data, size);
+	CHECK(rename(tmp, o.path) == 0);
+	free(tmp);
+	CHECK_EQ(open_obj(cas, &o, &obj), 0);
+	CHECK_EQ(read_check(obj, &o, 0, size), size);
+	cfs_object_unref(obj);
+	free_object(&o);
+}
+
 /* Random ranges, small and across several 2 MiB windows, against the data. */
 static void test_random_ranges(void)
 {
@@ -1121,6 +1156,7 @@ static void run_all(void)
 	test_parallel_digest();
 	test_deep_tree();
 	test_corruption_after_open();
+	test_repaired_by_replacing();
 	test_random_ranges();
 	test_truncate_extend();
 	test_paths(true);
