@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,7 +47,9 @@
 #define URING_FLAGS2_OVER_IO_URING (1U << 9) /* FUSE_OVER_IO_URING = 1ULL << 41 */
 #define URING_CMD_REGISTER 1
 #define URING_CMD_COMMIT_AND_FETCH 2
-#define QUEUE_DEPTH 4
+#define QUEUE_DEPTH 16
+#define READ_WORKERS 4
+#define FUSE_OP_READ 15
 #define MAX_QUEUES 64
 
 struct ring_ent_in_out {
@@ -88,11 +91,18 @@ _Static_assert(sizeof(struct ring_header) == 288, "fuse_uring_req_header");
 _Static_assert(sizeof(struct ring_cmd_req) == 24, "fuse_uring_cmd_req");
 _Static_assert(sizeof(struct fuse_in_hdr) == 40, "fuse_in_header");
 
+struct queue;
+
 struct entry {
 	struct ring_header *hdr;
 	uint8_t *payload;
 	struct iovec iov[2];
 	uint64_t commit_id;
+	struct queue *q;
+	/* a READ handed to a worker: its request, and the job links */
+	uint8_t small[256];
+	size_t small_len;
+	struct entry *next;
 };
 
 struct queue {
@@ -106,6 +116,12 @@ struct queue {
 	int setup_result;
 	struct entry ents[QUEUE_DEPTH];
 	uint8_t *reqbuf; /* a request laid out as /dev/fuse gives it */
+	/* Replies made by READ workers, to be committed by this thread (the
+	 * ring has a single issuer); the eventfd wakes it. */
+	int efd;
+	uint64_t efd_val;
+	pthread_mutex_t mtx;
+	struct entry *to_commit;
 };
 
 static struct {
@@ -118,11 +134,20 @@ static struct {
 	struct queue *queues;
 	atomic_uint_fast64_t requests, registered_queues;
 	const char *state;
-} U = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .fd = -1, .state = "off" };
+	/* READ workers: data reads wait on the store and hash, so they are
+	 * served in parallel rather than one at a time per queue. */
+	pthread_mutex_t wlock;
+	pthread_cond_t wcond;
+	struct entry *jobs, *jobs_tail;
+	bool wstop;
+	pthread_t workers[READ_WORKERS];
+	unsigned nworkers;
+} U = { .wlock = PTHREAD_MUTEX_INITIALIZER, .wcond = PTHREAD_COND_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .fd = -1, .state = "off" };
 
 /* The entry this thread is answering (its reply is committed to it). */
 static __thread struct queue *cur_queue;
 static __thread struct entry *cur_ent;
+static __thread bool on_worker;
 
 static unsigned possible_cpus(void)
 {
@@ -232,6 +257,24 @@ static void handle(struct queue *q, struct entry *e)
 		return;
 	}
 	op_len = in->len - sizeof(*in) - payload;
+	if (in->opcode == FUSE_OP_READ && U.nworkers && in->len <= sizeof(e->small)) {
+		/* to a worker; the reply comes back through queue_commit() */
+		memcpy(e->small, in, sizeof(*in));
+		memcpy(e->small + sizeof(*in), e->hdr->op_in, op_len);
+		memcpy(e->small + sizeof(*in) + op_len, e->payload, payload);
+		e->small_len = in->len;
+		e->next = NULL;
+		atomic_fetch_add(&U.requests, 1);
+		pthread_mutex_lock(&U.wlock);
+		if (U.jobs_tail)
+			U.jobs_tail->next = e;
+		else
+			U.jobs = e;
+		U.jobs_tail = e;
+		pthread_cond_signal(&U.wcond);
+		pthread_mutex_unlock(&U.wlock);
+		return;
+	}
 	memcpy(q->reqbuf, in, sizeof(*in));
 	memcpy(q->reqbuf + sizeof(*in), e->hdr->op_in, op_len);
 	memcpy(q->reqbuf + sizeof(*in) + op_len, e->payload, payload);
@@ -286,7 +329,76 @@ bool cfsd_uring_reply(const struct iovec *iov, int count, ssize_t *ret)
 	}
 	e->hdr->ent.payload_sz = (uint32_t)off;
 	cur_ent = NULL;
+	if (on_worker) {
+		/* the worker hands it to the queue's thread afterwards */
+		*ret = (ssize_t)total;
+		return true;
+	}
 	*ret = cmd_sqe(q, e, URING_CMD_COMMIT_AND_FETCH) ? (ssize_t)total : -EBUSY;
+	return true;
+}
+
+/* A worker's reply is in @e: the queue's thread commits it. */
+static void queue_commit(struct queue *q, struct entry *e)
+{
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&q->mtx);
+	e->next = q->to_commit;
+	q->to_commit = e;
+	pthread_mutex_unlock(&q->mtx);
+	if (write(q->efd, &one, sizeof(one)) != sizeof(one))
+		cfsd_log(FUSE_LOG_WARNING, "io_uring queue %u: eventfd: %m\n", q->qid);
+}
+
+static void *read_worker(void *p)
+{
+	on_worker = true;
+	pthread_mutex_lock(&U.wlock);
+	for (;;) {
+		struct entry *e;
+		struct fuse_buf buf = { 0 };
+
+		while (!U.jobs && !U.wstop)
+			pthread_cond_wait(&U.wcond, &U.wlock);
+		if (U.wstop)
+			break;
+		e = U.jobs;
+		U.jobs = e->next;
+		if (!U.jobs)
+			U.jobs_tail = NULL;
+		pthread_mutex_unlock(&U.wlock);
+
+		buf.mem = e->small;
+		buf.size = e->small_len;
+		cur_queue = e->q;
+		cur_ent = e;
+		fuse_session_process_buf(e->q->d->se, &buf);
+		if (cur_ent) {
+			struct fuse_out_hdr *out = (void *)e->hdr->in_out;
+
+			memset(out, 0, sizeof(*out));
+			out->len = sizeof(*out);
+			out->error = -ENOSYS;
+			out->unique = e->commit_id;
+			e->hdr->ent.payload_sz = 0;
+			cur_ent = NULL;
+		}
+		queue_commit(e->q, e);
+		pthread_mutex_lock(&U.wlock);
+	}
+	pthread_mutex_unlock(&U.wlock);
+	return NULL;
+}
+
+static bool arm_eventfd(struct queue *q)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
+
+	if (!sqe)
+		return false;
+	io_uring_prep_read(sqe, q->efd, &q->efd_val, sizeof(q->efd_val), 0);
+	io_uring_sqe_set_data(sqe, &q->efd_val);
 	return true;
 }
 
@@ -304,12 +416,15 @@ static int queue_setup(struct queue *q)
 	CPU_ZERO(&cpus);
 	CPU_SET(q->qid, &cpus);
 	(void)pthread_setaffinity_np(pthread_self(), sizeof(cpus), &cpus);
-	r = io_uring_queue_init_params(QUEUE_DEPTH * 2, &q->ring, &params);
+	r = io_uring_queue_init_params(QUEUE_DEPTH * 4, &q->ring, &params);
 	if (r == -EINVAL)
-		r = io_uring_queue_init(QUEUE_DEPTH * 2, &q->ring, IORING_SETUP_SQE128);
+		r = io_uring_queue_init(QUEUE_DEPTH * 4, &q->ring, IORING_SETUP_SQE128);
 	if (r < 0)
 		return r;
 	q->ring_ok = true;
+	q->efd = eventfd(0, EFD_CLOEXEC);
+	if (q->efd < 0 || !arm_eventfd(q))
+		return q->efd < 0 ? -errno : -EBUSY;
 	q->reqbuf = malloc(sizeof(struct fuse_in_hdr) + 128 + U.payload_sz);
 	if (!q->reqbuf)
 		return -ENOMEM;
@@ -320,6 +435,7 @@ static int queue_setup(struct queue *q)
 		    posix_memalign((void **)&e->payload, 4096, U.payload_sz) != 0)
 			return -ENOMEM;
 		memset(e->hdr, 0, sizeof(*e->hdr));
+		e->q = q;
 		e->iov[0] = (struct iovec){ e->hdr, sizeof(*e->hdr) };
 		e->iov[1] = (struct iovec){ e->payload, U.payload_sz };
 		if (!cmd_sqe(q, e, URING_CMD_REGISTER))
@@ -355,6 +471,25 @@ static void *queue_thread(void *p)
 		e = io_uring_cqe_get_data(cqe);
 		r = cqe->res;
 		io_uring_cqe_seen(&q->ring, cqe);
+		if ((void *)e == (void *)&q->efd_val) {
+			/* workers' replies: commit them, listen again */
+			struct entry *list;
+
+			pthread_mutex_lock(&q->mtx);
+			list = q->to_commit;
+			q->to_commit = NULL;
+			pthread_mutex_unlock(&q->mtx);
+			while (list) {
+				struct entry *next = list->next;
+
+				cmd_sqe(q, list, URING_CMD_COMMIT_AND_FETCH);
+				list = next;
+			}
+			if (r < 0 && r != -EINTR && r != -EAGAIN)
+				break;
+			arm_eventfd(q);
+			continue;
+		}
 		if (r < 0) {
 			/* -ENOTCONN/-ECANCELED at unmount; anything else: this
 			 * entry is lost, the others go on. */
@@ -375,6 +510,8 @@ static int queue_start(struct cfsd *d, struct queue *q, unsigned qid)
 
 	q->d = d;
 	q->qid = qid;
+	q->efd = -1;
+	pthread_mutex_init(&q->mtx, NULL);
 	r = pthread_create(&q->thread, NULL, queue_thread, q);
 	if (r != 0)
 		return -r;
@@ -397,6 +534,11 @@ void cfsd_uring_start(struct cfsd *d, int fd)
 		U.state = "out of memory";
 		return;
 	}
+	for (unsigned i = 0; i < READ_WORKERS; i++) {
+		if (pthread_create(&U.workers[i], NULL, read_worker, NULL) != 0)
+			break;
+		U.nworkers++;
+	}
 	for (unsigned i = 0; i < U.nqueues; i++) {
 		int r = queue_start(d, &U.queues[i], i);
 
@@ -412,12 +554,19 @@ void cfsd_uring_start(struct cfsd *d, int fd)
 	}
 	U.state = "io_uring";
 	atomic_store(&d->uring_on, true);
-	cfsd_log(FUSE_LOG_NOTICE, "transport: FUSE over io_uring, %u queues of %d entries\n", U.nqueues,
-		 QUEUE_DEPTH);
+	cfsd_log(FUSE_LOG_NOTICE, "transport: FUSE over io_uring, %u queues of %d entries, %u read workers\n",
+		 U.nqueues, QUEUE_DEPTH, U.nworkers);
 }
 
 void cfsd_uring_stop(void)
 {
+	pthread_mutex_lock(&U.wlock);
+	U.wstop = true;
+	pthread_cond_broadcast(&U.wcond);
+	pthread_mutex_unlock(&U.wlock);
+	for (unsigned i = 0; i < U.nworkers; i++)
+		pthread_join(U.workers[i], NULL);
+	U.nworkers = 0;
 	for (unsigned i = 0; U.queues && i < U.nqueues; i++) {
 		struct queue *q = &U.queues[i];
 		struct timespec until;
@@ -431,6 +580,8 @@ void cfsd_uring_stop(void)
 			return;
 		if (q->ring_ok)
 			io_uring_queue_exit(&q->ring);
+		if (q->efd >= 0)
+			close(q->efd);
 		for (unsigned j = 0; j < QUEUE_DEPTH; j++) {
 			free(q->ents[j].hdr);
 			free(q->ents[j].payload);
@@ -473,6 +624,13 @@ void cfsd_uring_start(struct cfsd *d, int fd)
 
 void cfsd_uring_stop(void)
 {
+	pthread_mutex_lock(&U.wlock);
+	U.wstop = true;
+	pthread_cond_broadcast(&U.wcond);
+	pthread_mutex_unlock(&U.wlock);
+	for (unsigned i = 0; i < U.nworkers; i++)
+		pthread_join(U.workers[i], NULL);
+	U.nworkers = 0;
 }
 
 const char *cfsd_uring_describe(void)

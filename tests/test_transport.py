@@ -14,7 +14,9 @@ pytestmark = pytest.mark.skipif(not os.path.exists(PARAM), reason="kernel withou
 
 
 @pytest.fixture
-def uring_param():
+def uring_param(monkeypatch):
+    # this test chooses the transport itself (not scripts/test.sh's second pass)
+    monkeypatch.delenv("CFS_TRANSPORT", raising=False)
     old = open(PARAM).read().strip()
 
     def set_(v):
