@@ -234,6 +234,18 @@ static struct io_uring_sqe *cmd_sqe(struct queue *q, struct entry *e, uint32_t o
 	return sqe;
 }
 
+/* An error reply in @e for the request @unique. */
+static void set_error(struct entry *e, uint64_t unique, int err)
+{
+	struct fuse_out_hdr *out = (void *)e->hdr->in_out;
+
+	memset(out, 0, sizeof(*out));
+	out->len = sizeof(*out);
+	out->error = -err;
+	out->unique = unique;
+	e->hdr->ent.payload_sz = 0;
+}
+
 static void handle(struct queue *q, struct entry *e)
 {
 	const struct fuse_in_hdr *in = (const void *)e->hdr->in_out;
@@ -245,14 +257,7 @@ static void handle(struct queue *q, struct entry *e)
 	if (in->len < sizeof(*in) || payload > U.payload_sz || in->len - sizeof(*in) < payload ||
 	    in->len - sizeof(*in) - payload > sizeof(e->hdr->op_in)) {
 		/* Not a request we can lay out: answer EIO. */
-		struct fuse_out_hdr *out = (void *)e->hdr->in_out;
-		uint64_t unique = in->unique;
-
-		memset(out, 0, sizeof(*out));
-		out->len = sizeof(*out);
-		out->error = -EIO;
-		out->unique = unique;
-		e->hdr->ent.payload_sz = 0;
+		set_error(e, in->unique, EIO);
 		cmd_sqe(q, e, URING_CMD_COMMIT_AND_FETCH);
 		return;
 	}
@@ -288,13 +293,7 @@ static void handle(struct queue *q, struct entry *e)
 		/* libfuse sent no reply on this thread (cannot happen for the
 		 * requests the kernel sends through the ring): answer ENOSYS
 		 * rather than leave the entry, and the caller, waiting. */
-		struct fuse_out_hdr *out = (void *)e->hdr->in_out;
-
-		memset(out, 0, sizeof(*out));
-		out->len = sizeof(*out);
-		out->error = -ENOSYS;
-		out->unique = e->commit_id;
-		e->hdr->ent.payload_sz = 0;
+		set_error(e, e->commit_id, ENOSYS);
 		cmd_sqe(q, e, URING_CMD_COMMIT_AND_FETCH);
 		cur_ent = NULL;
 	}
@@ -375,13 +374,7 @@ static void *read_worker(void *p)
 		cur_ent = e;
 		fuse_session_process_buf(e->q->d->se, &buf);
 		if (cur_ent) {
-			struct fuse_out_hdr *out = (void *)e->hdr->in_out;
-
-			memset(out, 0, sizeof(*out));
-			out->len = sizeof(*out);
-			out->error = -ENOSYS;
-			out->unique = e->commit_id;
-			e->hdr->ent.payload_sz = 0;
+			set_error(e, e->commit_id, ENOSYS); /* as in handle() */
 			cur_ent = NULL;
 		}
 		queue_commit(e->q, e);
