@@ -617,13 +617,6 @@ void cfsd_uring_start(struct cfsd *d, int fd)
 
 void cfsd_uring_stop(void)
 {
-	pthread_mutex_lock(&U.wlock);
-	U.wstop = true;
-	pthread_cond_broadcast(&U.wcond);
-	pthread_mutex_unlock(&U.wlock);
-	for (unsigned i = 0; i < U.nworkers; i++)
-		pthread_join(U.workers[i], NULL);
-	U.nworkers = 0;
 }
 
 const char *cfsd_uring_describe(void)
