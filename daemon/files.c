@@ -444,6 +444,31 @@ static enum files_mode decide_mode(fuse_req_t req, struct cfsd *d)
 	return mode;
 }
 
+/* The inode of regular file @ino and, when it has content, where that
+ * content is (@b zeroed otherwise).  0, or the positive errno to reply
+ * with; corrupt overlay metadata is logged and counted in @errors. */
+static int file_backing(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ci, struct cfs_backing *b,
+			atomic_uint_fast64_t *errors)
+{
+	int r = cfsd_get_inode(d, ino, ci);
+
+	if (r < 0)
+		return -r;
+	if (S_ISDIR(ci->mode))
+		return EISDIR;
+	if (!S_ISREG(ci->mode))
+		return EINVAL;
+	memset(b, 0, sizeof(*b));
+	if (ci->size > 0) {
+		r = cfs_img_get_backing(d->img, ci, b);
+		if (r < 0) {
+			atomic_fetch_add(errors, 1);
+			return cfsd_image_error(d, ci->nid, "overlay metadata", r);
+		}
+	}
+	return 0;
+}
+
 void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct cfsd *d = fuse_req_userdata(req);
@@ -461,21 +486,9 @@ void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		 * refuses writes before they reach FUSE. */
 		return (void)fuse_reply_err(req, ENOSYS);
 	}
-	r = cfsd_get_inode(d, ino, &ci);
-	if (r < 0)
-		return (void)fuse_reply_err(req, -r);
-	if (S_ISDIR(ci.mode))
-		return (void)fuse_reply_err(req, EISDIR);
-	if (!S_ISREG(ci.mode))
-		return (void)fuse_reply_err(req, EINVAL);
-
-	if (ci.size > 0) {
-		r = cfs_img_get_backing(d->img, &ci, &b);
-		if (r < 0) {
-			atomic_fetch_add(&d->stats.open_errors, 1);
-			return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "overlay metadata", r));
-		}
-	}
+	r = file_backing(d, ino, &ci, &b, &d->stats.open_errors);
+	if (r > 0)
+		return (void)fuse_reply_err(req, r);
 	if (ci.size == 0 || !b.is_external) {
 		/* Content lives in the image, which never changes. */
 		fi->fh = 0;
@@ -660,18 +673,9 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 		obj = oi->obj;
 	} else {
 		/* No OPEN (no-open mode) or data in the image: by inode. */
-		r = cfsd_get_inode(d, ino, &ci);
-		if (r < 0)
-			return (void)fuse_reply_err(req, -r);
-		if (!S_ISREG(ci.mode))
-			return (void)fuse_reply_err(req, EINVAL);
-		if (ci.size > 0) {
-			r = cfs_img_get_backing(d->img, &ci, &b);
-			if (r < 0) {
-				atomic_fetch_add(&d->stats.read_errors, 1);
-				return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "overlay metadata", r));
-			}
-		}
+		r = file_backing(d, ino, &ci, &b, &d->stats.read_errors);
+		if (r > 0)
+			return (void)fuse_reply_err(req, r);
 		if (ci.size > 0 && b.is_external) {
 			r = get_object(d, &ci, &b, &looked_up);
 			if (r < 0) {
