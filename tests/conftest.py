@@ -222,3 +222,12 @@ def read_stats(path):
         k, v = line.split()
         out[k] = int(v) if v.isdigit() else v
     return out
+
+
+def flip_byte(path, off, xor=0x55):
+    """Change one byte of a file in place (tampering with an object)."""
+    with open(path, "r+b") as f:
+        f.seek(off)
+        b = f.read(1)
+        f.seek(off)
+        f.write(bytes([b[0] ^ xor]))

@@ -20,8 +20,9 @@ import time
 
 import pytest
 
-from conftest import (CONFORMANCE, SUSPICIOUS, assert_same_tree, fuse_mount, kernel_mount,
-                      list_xattrs, needs_root, read_stats, run, snapshot, tool, wait_for_mount)
+from conftest import (CONFORMANCE, SUSPICIOUS, assert_same_tree, flip_byte, fuse_mount,
+                      kernel_mount, list_xattrs, needs_root, read_stats, run, snapshot, tool,
+                      wait_for_mount)
 
 pytestmark = [needs_root,
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")]
@@ -378,11 +379,7 @@ def test_passthrough_always_verifies_first(gen_tree, tmp_path):
 
 
 def _flip(path, off):
-    with open(path, "r+b") as f:
-        f.seek(off)
-        b = f.read(1)
-        f.seek(off)
-        f.write(bytes([b[0] ^ 0x55]))
+    flip_byte(path, off, 0x55)
 
 
 def test_passthrough_always_checks_a_reused_tree(gen_tree, tmp_path):

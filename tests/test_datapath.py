@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import fuse_mount, read_stats, run, tool
+from conftest import flip_byte, fuse_mount, read_stats, run, tool
 
 BS = 4096
 
@@ -64,11 +64,7 @@ def _drop_caches():
 
 
 def _flip(path, off):
-    with open(path, "r+b") as f:
-        f.seek(off)
-        b = f.read(1)
-        f.seek(off)
-        f.write(bytes([b[0] ^ 0x40]))
+    flip_byte(path, off, 0x40)
 
 
 @pytest.fixture(scope="module")
