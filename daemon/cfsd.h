@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * composefs-fuse internals shared by main.c (startup), ops.c (metadata
- * operations), files.c (open files and the data path) and passthrough.c
- * (kernel passthrough on libfuse versions without an API for it).
+ * composefs-fuse internals shared by main.c (startup), log.c (messages and
+ * sd_notify), ops.c (metadata operations), files.c (open files and the data
+ * path), passthrough.c (kernel passthrough on libfuse versions without an
+ * API for it) and uring.c (FUSE over io_uring).
  */
 #pragma once
 
@@ -132,6 +133,9 @@ extern struct cfsd *cfsd_global;
 void cfsd_log(enum fuse_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int cfsd_log_errno(enum fuse_log_level lvl, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/* From now on, log to syslog (after daemonizing). */
+void cfsd_log_to_syslog(void);
 
 /* sd_notify protocol: send @msg to $NOTIFY_SOCKET if set.  Returns 0, 1 if
  * unset, or -errno. */

@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Where the daemon's messages go (stderr, or syslog once daemonized) and the
+ * sd_notify protocol.  Kept apart from main.c so that the request handlers
+ * can be linked without the startup code (fuzz/fuzz-daemon.c does).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "cfsd.h"
+
+struct cfsd *cfsd_global;
+
+static bool log_to_syslog;
+
+__attribute__((format(printf, 2, 0)))
+static void vlog(enum fuse_log_level lvl, const char *fmt, va_list ap)
+{
+	static const char hex[] = "0123456789abcdef";
+	char buf[2048], out[4 * sizeof(buf)];
+	size_t j = 0;
+
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	/* Paths and redirects in messages come from the image and may hold
+	 * any byte: show control characters as \xHH so that one message stays
+	 * one line and no escape sequence reaches a terminal or the journal. */
+	for (const unsigned char *p = (const unsigned char *)buf; *p; p++) {
+		if ((*p < 0x20 && !(*p == '\n' && p[1] == '\0')) || *p == 0x7f) {
+			out[j++] = '\\';
+			out[j++] = 'x';
+			out[j++] = hex[*p >> 4];
+			out[j++] = hex[*p & 15];
+		} else {
+			out[j++] = (char)*p;
+		}
+	}
+	out[j] = '\0';
+	if (log_to_syslog)
+		fuse_log(lvl, "%s", out);
+	else
+		fuse_log(lvl, "composefs-fuse: %s", out);
+}
+
+void cfsd_log(enum fuse_log_level lvl, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vlog(lvl, fmt, ap);
+	va_end(ap);
+}
+
+int cfsd_log_errno(enum fuse_log_level lvl, int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vlog(lvl, fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+__attribute__((format(printf, 2, 0)))
+static void syslog_func(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	vsyslog((int)level, fmt, ap);
+}
+
+int cfsd_notify(const char *msg)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	_cleanup_close_ int fd = -EBADF;
+	size_t len;
+	socklen_t salen;
+
+	if (!path || !*path)
+		return 1;
+	len = strlen(path);
+	if (len >= sizeof(sa.sun_path) || (path[0] != '/' && path[0] != '@'))
+		return -EINVAL;
+	memcpy(sa.sun_path, path, len);
+	if (path[0] == '@')
+		sa.sun_path[0] = '\0'; /* abstract namespace */
+	salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (path[0] == '/'));
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, salen) < 0)
+		return -errno;
+	return 0;
+}
+
+void cfsd_log_to_syslog(void)
+{
+	log_to_syslog = true;
+	openlog("composefs-fuse", LOG_PID, LOG_DAEMON);
+	fuse_set_log_func(syslog_func);
+}
