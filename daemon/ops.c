@@ -242,6 +242,10 @@ static void cfsd_op_readlink(fuse_req_t req, fuse_ino_t ino)
 	if (!S_ISLNK(ci.mode))
 		return (void)fuse_reply_err(req, EINVAL);
 	n = cfs_img_readlink(d->img, &ci, buf, sizeof(buf));
+	/* An empty target (or one that starts with NUL) is no symlink
+	 * symlink(2) could make: a corrupt image. */
+	if (n == 0)
+		n = -EFSCORRUPTED;
 	if (n < 0)
 		return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "symlink", (int)n));
 	fuse_reply_readlink(req, buf);
