@@ -19,7 +19,7 @@ while getopts "t:w:" o; do
 done
 shift $((OPTIND - 1))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(image dump signature tree redirect)
+[ ${#targets[@]} -gt 0 ] || targets=(image dump signature tree redirect daemon)
 
 if [ ! -f build-fuzz/build.ninja ]; then
 	CC=clang meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
