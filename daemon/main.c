@@ -359,6 +359,12 @@ static int start_unmount_watchdog(const char *mnt)
 		char c;
 		int fd = open("/dev/null", O_RDWR);
 
+		/* Signals meant for the daemon reach the whole unit or process
+		 * group (systemctl kill -s USR1, a terminal's Ctrl-C): the
+		 * watchdog must outlive them, to clean up if the daemon dies. */
+		static const int ignored[] = { SIGUSR1, SIGUSR2, SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGPIPE };
+		for (size_t i = 0; i < sizeof(ignored) / sizeof(ignored[0]); i++)
+			signal(ignored[i], SIG_IGN);
 		setsid();
 		if (fd >= 0) {
 			dup2(fd, 0);

@@ -5,6 +5,7 @@
 and leaves no dead mount behind when killed."""
 import contextlib
 import os
+import signal
 import pickle
 import pwd
 import shutil
@@ -234,8 +235,20 @@ def test_user_without_writable_cache_dir_still_mounts(workspace):
     assert not os.path.exists(os.path.join(ws["top"], ".cache"))
 
 
-@pytest.mark.parametrize("when", ["at-mount", "after-read"])
+def children(pid):
+    out = []
+    for t in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{t}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+@pytest.mark.parametrize("when", ["at-mount", "after-read", "after-signals"])
 def test_user_auto_unmount_after_kill(workspace, when):
+    """An ordinary user's daemon killed with SIGKILL leaves no dead mount:
+    its watchdog unmounts.  The watchdog also outlives the signals a
+    service manager sends to every process of a unit (systemctl kill -s
+    USR1, SIGTERM on stop) while the daemon lives on."""
     ws = workspace
     proc = subprocess.Popen([tool("composefs-fuse"), "-f", "-o", f"basedir={ws['objs']}",
                              ws["img"], ws["mnt"]], stderr=subprocess.PIPE, text=True,
@@ -249,6 +262,17 @@ def test_user_auto_unmount_after_kill(workspace, when):
             p = subprocess.run(["cat", os.path.join(ws["mnt"], "dir", "mid")], capture_output=True,
                                preexec_fn=as_user(ws), env=user_env(ws))
             assert p.stdout == ws["data"][:70000]
+        if when == "after-signals":
+            # Ours, and libfuse's fusermount3 -o auto_unmount.
+            kids = children(proc.pid)
+            assert kids
+            for k in kids:
+                for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+                    os.kill(k, sig)
+            time.sleep(0.2)
+            dead = [open(f"/proc/{k}/cmdline").read() for k in kids
+                    if open(f"/proc/{k}/stat").read().split()[2] == "Z"]
+            assert not dead, f"killed by a signal: {dead}"
         proc.kill()
         proc.wait(timeout=10)
         deadline = time.monotonic() + 15
