@@ -134,6 +134,8 @@ void cfsd_log(enum fuse_log_level lvl, const char *fmt, ...) __attribute__((form
 int cfsd_log_errno(enum fuse_log_level lvl, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* Log to stderr, with "<N>" priorities when stderr is the journal. */
+void cfsd_log_init(void);
 /* From now on, log to syslog (after daemonizing). */
 void cfsd_log_to_syslog(void);
 
@@ -169,6 +171,10 @@ void cfsd_files_free(struct cfsd *d);
 #define CFSD_ERR_IMAGE (UINT64_C(1) << 62) /* corrupt image metadata or data */
 /* True the first time it is called for @key: log one line per object. */
 bool cfsd_first_error(struct cfsd *d, uint64_t key);
+/* With $NOTIFY_SOCKET: tell the service manager STATUS=@state and the
+ * counts (objects opened with verification, files with errors); sent at READY, on each
+ * newly logged error and at stop. */
+void cfsd_notify_status(struct cfsd *d, const char *state);
 void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
 void cfsd_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

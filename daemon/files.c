@@ -215,7 +215,30 @@ bool cfsd_first_error(struct cfsd *d, uint64_t key)
 	pthread_mutex_unlock(&f->lock);
 	if (now_full)
 		cfsd_log(FUSE_LOG_WARNING, "%d objects with errors logged: no more are\n", LOGGED_MAX);
+	if (first)
+		cfsd_notify_status(d, "serving");
 	return first;
+}
+
+void cfsd_notify_status(struct cfsd *d, const char *state)
+{
+	struct cfs_cas_stats cs = { 0 };
+	unsigned long long logged;
+	char msg[256];
+
+	if (!d->notify)
+		return;
+	if (d->cas)
+		cfs_cas_get_stats(d->cas, &cs);
+	pthread_mutex_lock(&d->files->lock);
+	logged = d->files->n_logged;
+	pthread_mutex_unlock(&d->files->lock);
+	snprintf(msg, sizeof(msg), "STATUS=%s; %llu objects opened with verification; %llu files or objects with errors%s",
+		 state,
+		 (unsigned long long)(cs.objects_by_method[CFS_VERIFY_KERNEL] +
+				      cs.objects_by_method[CFS_VERIFY_USERSPACE]),
+		 logged, logged ? " (see the log)" : "");
+	(void)cfsd_notify(msg);
 }
 
 static struct open_inode *open_inode_get(struct cfsd *d, uint64_t nid)

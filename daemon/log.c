@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 struct cfsd *cfsd_global;
 
 static bool log_to_syslog;
+static bool log_priority; /* stderr is the journal: "<N>" before each line */
 
 __attribute__((format(printf, 2, 0)))
 static void vlog(enum fuse_log_level lvl, const char *fmt, va_list ap)
@@ -97,6 +99,35 @@ int cfsd_notify(const char *msg)
 	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, salen) < 0)
 		return -errno;
 	return 0;
+}
+
+/* stderr as the journal reads it: each line led by its syslog priority
+ * (sd-daemon(3)); fuse_log_level values are syslog's. */
+__attribute__((format(printf, 2, 0)))
+static void stderr_func(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	char buf[8192];
+
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	if (log_priority)
+		fprintf(stderr, "<%d>%s", (int)level, buf);
+	else
+		fputs(buf, stderr);
+}
+
+void cfsd_log_init(void)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+
+	/* systemd sets JOURNAL_STREAM to the device and inode of the stream
+	 * it connected to stdout/stderr; a match means the journal reads it
+	 * (not a redirection made since, nor a pipe a script reads). */
+	log_priority = js && sscanf(js, "%llu:%llu", &dev, &ino) == 2 &&
+		       fstat(STDERR_FILENO, &st) == 0 && (unsigned long long)st.st_dev == dev &&
+		       (unsigned long long)st.st_ino == ino;
+	fuse_set_log_func(stderr_func);
 }
 
 void cfsd_log_to_syslog(void)

@@ -82,7 +82,7 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 
 	if (key == FUSE_OPT_KEY_NONOPT) {
 		if (o->n_positional >= 2) {
-			fprintf(stderr, "composefs-fuse: unexpected argument '%s'\n", arg);
+			cfsd_log(FUSE_LOG_ERR, "unexpected argument '%s'\n", arg);
 			return -1;
 		}
 		o->positional[o->n_positional] = strdup(arg);
@@ -180,11 +180,11 @@ static int resolve_basedirs(const char *list, char **ret_list)
 		char *grown;
 
 		if (!realpath(p, real) || stat(real, &st) < 0) {
-			fprintf(stderr, "composefs-fuse: basedir '%s': %m\n", p);
+			cfsd_log(FUSE_LOG_ERR, "basedir '%s': %m\n", p);
 			return -ENOENT;
 		}
 		if (!S_ISDIR(st.st_mode)) {
-			fprintf(stderr, "composefs-fuse: basedir '%s': not a directory\n", p);
+			cfsd_log(FUSE_LOG_ERR, "basedir '%s': not a directory\n", p);
 			return -ENOTDIR;
 		}
 		n = strlen(real);
@@ -198,7 +198,7 @@ static int resolve_basedirs(const char *list, char **ret_list)
 		outlen += n;
 	}
 	if (!out) {
-		fprintf(stderr, "composefs-fuse: basedir= is empty\n");
+		cfsd_log(FUSE_LOG_ERR, "basedir= is empty\n");
 		return -EINVAL;
 	}
 	*ret_list = steal_ptr(&out);
@@ -487,7 +487,7 @@ static int open_cas_first(struct cfsd *d, const char *basedirs, struct cfs_cas_o
 	why = r == -EINVAL ? "inside an object store directory" : strerror(-r);
 	if (explicit_dir) {
 		d->cas = cfs_cas_unref(d->cas);
-		fprintf(stderr, "composefs-fuse: tree_cache '%s': %s\n", dir, why);
+		cfsd_log(FUSE_LOG_ERR, "tree_cache '%s': %s\n", dir, why);
 		return r;
 	}
 	cfsd_log(FUSE_LOG_WARNING, "tree cache '%s' unusable (%s): Merkle trees are not saved "
@@ -495,7 +495,7 @@ static int open_cas_first(struct cfsd *d, const char *basedirs, struct cfs_cas_o
 	return 0;
 out:
 	if (r < 0)
-		fprintf(stderr, "composefs-fuse: cannot open object store '%s': %s\n", basedirs,
+		cfsd_log(FUSE_LOG_ERR, "cannot open object store '%s': %s\n", basedirs,
 			strerror(-r));
 	return r;
 }
@@ -509,10 +509,13 @@ static int parse_choice(const char *opt, const char *value, const char *const *n
 	for (size_t i = 0; i < n; i++)
 		if (!strcmp(value, names[i]))
 			return (int)i;
-	fprintf(stderr, "composefs-fuse: %s=%s: expected ", opt, value);
-	for (size_t i = 0; i < n; i++)
-		fprintf(stderr, "%s%s", i == 0 ? "" : i + 1 < n ? ", " : " or ", names[i]);
-	fputc('\n', stderr);
+	char choices[256] = "";
+	size_t used = 0;
+
+	for (size_t i = 0; i < n && used < sizeof(choices); i++)
+		used += (size_t)snprintf(choices + used, sizeof(choices) - used, "%s%s",
+					 i == 0 ? "" : i + 1 < n ? ", " : " or ", names[i]);
+	cfsd_log(FUSE_LOG_ERR, "%s=%s: expected %s\n", opt, value, choices);
 	return -EINVAL;
 }
 
@@ -554,7 +557,7 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 		d->uring = r == 1;
 	}
 	if (o->tree_cache_size && parse_size(o->tree_cache_size, &co->tree_cache_bytes) < 0) {
-		fprintf(stderr, "composefs-fuse: tree_cache_size=%s: not a size\n", o->tree_cache_size);
+		cfsd_log(FUSE_LOG_ERR, "tree_cache_size=%s: not a size\n", o->tree_cache_size);
 		return -EINVAL;
 	}
 	if (o->threads) {
@@ -562,7 +565,7 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 		/* A count of worker threads, not a size: no suffixes, 1..1024. */
 		if (parse_size(o->threads, &n) < 0 || strpbrk(o->threads, "kKmMgG") || n < 1 ||
 		    n > CFSD_MAX_THREADS) {
-			fprintf(stderr, "composefs-fuse: threads=%s: expected a number from 1 to %d\n",
+			cfsd_log(FUSE_LOG_ERR, "threads=%s: expected a number from 1 to %d\n",
 				o->threads, CFSD_MAX_THREADS);
 			return -EINVAL;
 		}
@@ -572,7 +575,7 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 		char *end;
 		d->timeout = strtod(o->timeout, &end);
 		if (*end || !(d->timeout >= 0)) {
-			fprintf(stderr, "composefs-fuse: timeout=%s: not a number of seconds\n", o->timeout);
+			cfsd_log(FUSE_LOG_ERR, "timeout=%s: not a number of seconds\n", o->timeout);
 			return -EINVAL;
 		}
 	}
@@ -605,14 +608,14 @@ static int load_image(struct cfsd *d, const char *image, const struct options *o
 	fd = open(image, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
-		fprintf(stderr, "composefs-fuse: image '%s': %s\n", image, strerror(-r));
+		cfsd_log(FUSE_LOG_ERR, "image '%s': %s\n", image, strerror(-r));
 		return r;
 	}
 	/* The reader names what is wrong (the corrupt structure, or the
 	 * refused incompat features), so the message says more than errno. */
 	r = cfs_img_open_fd_ex(fd, 0, &diag, &d->img);
 	if (r < 0) {
-		fprintf(stderr, "composefs-fuse: image '%s': %s\n", image,
+		cfsd_log(FUSE_LOG_ERR, "image '%s': %s\n", image,
 			diag.reason[0] ? diag.reason : strerror(-r));
 		return r;
 	}
@@ -638,13 +641,13 @@ static int check_signature(const char *image, const uint8_t digest[CFS_DIGEST_SI
 	int r;
 
 	if (!certs) {
-		fprintf(stderr, "composefs-fuse: signature= needs cert=FILE[:FILE...], the certificates "
+		cfsd_log(FUSE_LOG_ERR, "signature= needs cert=FILE[:FILE...], the certificates "
 				"to trust\n");
 		return -EINVAL;
 	}
 	r = cfs_signature_verify_file(sig_path, certs, digest, bytes, size, reason, sizeof(reason));
 	if (r < 0) {
-		fprintf(stderr, "composefs-fuse: image '%s': signature '%s' refused: %s\n", image, sig_path,
+		cfsd_log(FUSE_LOG_ERR, "image '%s': signature '%s' refused: %s\n", image, sig_path,
 			reason[0] ? reason : strerror(-r));
 		return r;
 	}
@@ -662,23 +665,23 @@ static int check_digest(struct cfsd *d, const char *image, const struct options 
 
 	if (!o->digest && !o->signature) {
 		if (o->cert) {
-			fprintf(stderr, "composefs-fuse: cert= is only used with signature=FILE\n");
+			cfsd_log(FUSE_LOG_ERR, "cert= is only used with signature=FILE\n");
 			return -EINVAL;
 		}
 		return 0;
 	}
 	if (o->digest && cfs_digest_from_hex(o->digest, want) < 0) {
-		fprintf(stderr, "composefs-fuse: digest=%s: expected 64 hex digits\n", o->digest);
+		cfsd_log(FUSE_LOG_ERR, "digest=%s: expected 64 hex digits\n", o->digest);
 		return -EINVAL;
 	}
 	r = cfs_fsverity_digest_mem(bytes, size, got);
 	if (r < 0) {
-		fprintf(stderr, "composefs-fuse: image '%s': computing its digest: %s\n", image, strerror(-r));
+		cfsd_log(FUSE_LOG_ERR, "image '%s': computing its digest: %s\n", image, strerror(-r));
 		return -EINVAL;
 	}
 	if (o->digest && memcmp(want, got, sizeof(want)) != 0) {
 		cfs_digest_to_hex(got, hex);
-		fprintf(stderr, "composefs-fuse: image '%s': fs-verity digest %s does not match "
+		cfsd_log(FUSE_LOG_ERR, "image '%s': fs-verity digest %s does not match "
 				"digest=%s\n", image, hex, o->digest);
 		return -EINVAL;
 	}
@@ -696,11 +699,11 @@ static int check_mountpoint(const char *mnt)
 		return 0; /* a /dev/fuse descriptor from a parent that mounts */
 	if (stat(mnt, &st) < 0) {
 		int r = -errno;
-		fprintf(stderr, "composefs-fuse: mountpoint '%s': %s\n", mnt, strerror(-r));
+		cfsd_log(FUSE_LOG_ERR, "mountpoint '%s': %s\n", mnt, strerror(-r));
 		return r;
 	}
 	if (!S_ISDIR(st.st_mode)) {
-		fprintf(stderr, "composefs-fuse: mountpoint '%s': not a directory\n", mnt);
+		cfsd_log(FUSE_LOG_ERR, "mountpoint '%s': not a directory\n", mnt);
 		return -ENOTDIR;
 	}
 	return 0;
@@ -763,6 +766,7 @@ int main(int argc, char *argv[])
 	int r, ret = 1;
 
 	cfsd_global = &d;
+	cfsd_log_init();
 	if (fuse_opt_parse(&args, &o, cfsd_opts, opt_proc) < 0)
 		goto out_args;
 
@@ -789,7 +793,7 @@ int main(int argc, char *argv[])
 		image = o.source;
 		mnt = o.positional[0];
 	} else {
-		fprintf(stderr, "composefs-fuse: expected IMAGE MOUNTPOINT (or -o source=IMAGE "
+		cfsd_log(FUSE_LOG_ERR, "expected IMAGE MOUNTPOINT (or -o source=IMAGE "
 				"MOUNTPOINT); see --help\n");
 		goto out_args;
 	}
@@ -811,7 +815,7 @@ int main(int argc, char *argv[])
 	} else if (o.tree_cache) {
 		tree_cache = absolute_path(o.tree_cache);
 		if (!tree_cache) {
-			fprintf(stderr, "composefs-fuse: tree_cache '%s': %m\n", o.tree_cache);
+			cfsd_log(FUSE_LOG_ERR, "tree_cache '%s': %m\n", o.tree_cache);
 			goto out_img;
 		}
 	} else if (default_tree_cache(&tree_cache) < 0) {
@@ -852,7 +856,7 @@ int main(int argc, char *argv[])
 			cfsd_log(FUSE_LOG_WARNING, "auto_unmount watchdog: %s\n", strerror(-r));
 	}
 	if (fuse_session_mount(d.se, cl.mountpoint) != 0) {
-		fprintf(stderr, "composefs-fuse: cannot mount on '%s'\n", cl.mountpoint);
+		cfsd_log(FUSE_LOG_ERR, "cannot mount on '%s'\n", cl.mountpoint);
 		goto out_session;
 	}
 	mounted = true;
@@ -909,8 +913,10 @@ int main(int argc, char *argv[])
 		cfsd_log(FUSE_LOG_ERR, "session loop failed: %s\n", strerror(-r));
 	else
 		ret = 0;
-	if (d.notify)
+	if (d.notify) {
 		(void)cfsd_notify("STOPPING=1");
+		cfsd_notify_status(&d, "stopping");
+	}
 	stop_stats(true);
 
 out_unmount:

@@ -151,6 +151,7 @@ static void cfsd_op_init(void *userdata, struct fuse_conn_info *conn)
 		int r = cfsd_notify(msg);
 		if (r < 0)
 			cfsd_log(FUSE_LOG_WARNING, "sd_notify READY=1 failed: %s\n", strerror(-r));
+		cfsd_notify_status(d, "serving");
 	}
 }
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -795,14 +796,69 @@ def test_notify_socket_ready_after_mount(gen_tree, tmp_path):
         assert "READY=1" in msg.split("\n")
         assert f"MAINPID={proc.pid}" in msg
         assert os.path.ismount(mnt)
+        assert sock.recv(4096).decode() == "STATUS=serving; 0 objects opened with verification; 0 files or objects with errors"
         assert open(os.path.join(mnt, "files/one"), "rb").read() == b"x"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert "STOPPING=1" in sock.recv(4096).decode()
+        assert sock.recv(4096).decode().startswith("STATUS=stopping; ")
         assert not os.path.ismount(mnt)
     finally:
         _reap(proc, mnt, sock)
     assert not SUSPICIOUS.search(proc.stderr.read())
+
+
+def test_journal_priorities_and_status(gen_tree, tmp_path):
+    """With stderr the journal's stream (JOURNAL_STREAM names its device
+    and inode), every line carries its syslog priority, so that a corrupt
+    object's error is at error priority (journalctl -p err); the service
+    manager's STATUS= counts it.  A stderr that is not the stream named
+    (a redirection, a pipe) gets plain lines."""
+    src, img, objs = gen_tree
+    bad = str(tmp_path / "objs")
+    shutil.copytree(objs, bad)
+    ref = os.path.join(bad, object_of(img, "files/block"))
+    flip_byte(ref, 100)
+    sockpath, sock = notify_socket(tmp_path)
+    for journal in (True, False):
+        mnt = str(tmp_path / "mnt")
+        os.makedirs(mnt, exist_ok=True)
+        errpath = str(tmp_path / f"stderr-{journal}")
+        with open(errpath, "w") as err:
+            st = os.fstat(err.fileno())
+            env = dict(os.environ, NOTIFY_SOCKET=sockpath,
+                       JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}" if journal else "1:1")
+            proc = subprocess.Popen([tool("composefs-fuse"), "-f", "-o", f"basedir={bad}", img, mnt],
+                                    stderr=err, env=env)
+        try:
+            assert "READY=1" in sock.recv(4096).decode()
+            assert "0 files or objects with errors" in sock.recv(4096).decode()
+            with pytest.raises(OSError) as e:
+                open(os.path.join(mnt, "files/block"), "rb").read()
+            assert e.value.errno == errno.EIO
+            status = sock.recv(4096).decode()
+            assert status == "STATUS=serving; 1 objects opened with verification; 1 files or objects with errors (see the log)", status
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            _reap(proc, mnt, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+        lines = open(errpath).read().splitlines()
+        bad_lines = [l for l in lines if "do not match its fs-verity digest" in l]
+        assert len(bad_lines) == 1, lines
+        if journal:
+            assert all(re.match(r"<[0-7]>composefs-fuse: ", l) for l in lines), lines
+            assert bad_lines[0].startswith("<3>composefs-fuse: "), bad_lines
+            assert any(l.startswith("<5>composefs-fuse: serving ") for l in lines), lines
+        else:
+            assert all(l.startswith("composefs-fuse: ") for l in lines), lines
+        while True:  # the stop's messages
+            try:
+                sock.settimeout(0.5)
+                sock.recv(4096)
+            except OSError:
+                break
+        sock.settimeout(20)
+    sock.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
