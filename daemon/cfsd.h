@@ -123,6 +123,7 @@ struct cfsd {
 	atomic_bool uring_on; /* the ring serves requests (one thread per queue) */
 	bool image_has_xattrs; /* an xattr some reader could see (not overlay-internal) */
 	bool image_has_acls;   /* a system.posix_acl_* xattr */
+	bool noacl;            /* noacl: never have the kernel enforce ACLs */
 };
 
 /* The daemon instance (one per process); used where libfuse gives no

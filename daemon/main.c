@@ -49,6 +49,11 @@ struct options {
 	char *uring;
 	int noauto_unmount;
 	int keep_caps;
+	int private_mount;
+	/* Upstream's names: mount.composefs (verity, tryverity) and cfs-fuse
+	 * (noacl); the overlay-only ones are refused with a reason. */
+	int verity_flag, tryverity_flag, noacl;
+	char *upperdir, *workdir, *idmap;
 	char *positional[3];
 	int n_positional;
 	int help, version;
@@ -73,6 +78,13 @@ static const struct fuse_opt cfsd_opts[] = {
 	OPT("uring=%s", uring),
 	OPT("noauto_unmount", noauto_unmount),
 	OPT("keep_caps", keep_caps),
+	OPT("private", private_mount),
+	OPT("verity", verity_flag),
+	OPT("tryverity", tryverity_flag),
+	OPT("noacl", noacl),
+	OPT("upperdir=%s", upperdir),
+	OPT("workdir=%s", workdir),
+	OPT("idmap=%s", idmap),
 	FUSE_OPT_END
 };
 
@@ -131,6 +143,10 @@ static void usage(const char *prog)
 	       "                           trips; EOPNOTSUPP instead of ENODATA); always: answer\n"
 	       "                           every request as the kernel mount does\n"
 	       "    stats_file=FILE        write counters there on SIGUSR1 and at exit\n"
+	       "    private                as root, serve only root (default: everyone, the\n"
+	       "                           kernel checking permissions, as the kernel mount)\n"
+	       "    verity, tryverity      mount.composefs's names: verity=require, verity=on\n"
+	       "    noacl                  cfs-fuse's: do not have the kernel enforce POSIX ACLs\n"
 	       "    noauto_unmount         do not add auto_unmount for ordinary users\n"
 	       "    keep_caps              as root, keep every capability after mounting\n"
 	       "    source=IMAGE           the image, instead of the IMAGE argument\n"
@@ -532,6 +548,22 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 	if (r < 0)
 		return r;
 	d->verity = (enum cfsd_verity)r;
+	if (o->verity_flag + o->tryverity_flag + !!o->verity > 1) {
+		cfsd_log(FUSE_LOG_ERR, "verity, tryverity and verity= exclude each other\n");
+		return -EINVAL;
+	}
+	if (o->verity_flag)
+		d->verity = CFSD_VERITY_REQUIRE; /* every file has a digest, every object matches */
+	else if (o->tryverity_flag)
+		d->verity = CFSD_VERITY_ON;      /* objects with a digest are checked */
+	d->noacl = o->noacl;
+	if (o->upperdir || o->workdir || o->idmap) {
+		cfsd_log(FUSE_LOG_ERR, "%s=%s: a writable layer or an ID mapping is an overlayfs feature "
+			 "composefs-fuse does not offer (put an overlay on top of the mount instead)\n",
+			 o->upperdir ? "upperdir" : o->workdir ? "workdir" : "idmap",
+			 o->upperdir ? o->upperdir : o->workdir ? o->workdir : o->idmap);
+		return -EINVAL;
+	}
 	r = parse_choice("passthrough", o->passthrough, cfsd_passthrough_names,
 			 ARRAY_SIZE(cfsd_passthrough_names));
 	if (r < 0)
@@ -710,14 +742,16 @@ static int check_mountpoint(const char *mnt)
 }
 
 /* Read-only, permissions checked by the kernel (as overlayfs does), the
- * image as the source, auto_unmount for ordinary users; then the
+ * image as the source, allow_other for root (unless private), auto_unmount
+ * for ordinary users; then the
  * mountpoint, for fuse_parse_cmdline(). */
 static int add_mount_options(struct fuse_args *args, const char *image, const char *mnt,
-			     bool auto_unmount)
+			     bool auto_unmount, bool allow_other)
 {
 	_cleanup_free_ char *escaped = NULL, *fsname = NULL;
 
 	if (fuse_opt_add_arg(args, "-oro,default_permissions,subtype=composefs-fuse") < 0 ||
+	    (allow_other && fuse_opt_add_arg(args, "-oallow_other") < 0) ||
 	    fuse_opt_add_opt_escaped(&escaped, image) < 0 ||
 	    asprintf(&fsname, "-ofsname=%s", escaped) < 0 || fuse_opt_add_arg(args, fsname) < 0 ||
 	    (auto_unmount && fuse_opt_add_arg(args, "-oauto_unmount") < 0) ||
@@ -830,7 +864,10 @@ int main(int argc, char *argv[])
 	if (basedirs && open_cas_first(&d, basedirs, &co, o.tree_cache != NULL) < 0)
 		goto out_img;
 
-	if (add_mount_options(&args, image, mnt, geteuid() != 0 && !o.noauto_unmount) < 0)
+	/* Root's mount serves everyone, as the kernel's composefs mount does
+	 * (default_permissions: the kernel checks modes and ACLs). */
+	if (add_mount_options(&args, image, mnt, geteuid() != 0 && !o.noauto_unmount,
+			      geteuid() == 0 && !o.private_mount) < 0)
 		goto out_cas;
 	if (fuse_parse_cmdline(&args, &cl) != 0)
 		goto out_cas;
@@ -953,6 +990,9 @@ out_args:
 	free(o.signature);
 	free(o.cert);
 	free(o.uring);
+	free(o.upperdir);
+	free(o.workdir);
+	free(o.idmap);
 	free(o.io);
 	free(o.stats_file);
 	free(o.timeout);

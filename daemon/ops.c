@@ -135,7 +135,7 @@ static void cfsd_op_init(void *userdata, struct fuse_conn_info *conn)
 	 * the root does not change that on Linux 6.18), and would then send a
 	 * GETXATTR for every permission check on the root by anyone but its
 	 * owner.  Without ACLs, the mode bits are all there is to check. */
-	if ((conn->capable & FUSE_CAP_POSIX_ACL) && d->image_has_acls)
+	if ((conn->capable & FUSE_CAP_POSIX_ACL) && d->image_has_acls && !d->noacl)
 		conn->want |= FUSE_CAP_POSIX_ACL;
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS;

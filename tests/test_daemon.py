@@ -522,7 +522,11 @@ def _image_from_dump(tmp_path, entries):
     return img
 
 
-def test_verity_require_refuses_files_without_digest(tmp_path):
+@pytest.mark.parametrize("require,relaxed", [("verity=require", []), ("verity", ["tryverity"])],
+                         ids=["ours", "upstream-names"])
+def test_verity_require_refuses_files_without_digest(tmp_path, require, relaxed):
+    """verity=require (mount.composefs: verity) refuses a file without a
+    digest; the default (mount.composefs: tryverity) serves it."""
     content = b"no digest for me\n" * 10
     objs = tmp_path / "objs"
     (objs / "ab").mkdir(parents=True)
@@ -530,15 +534,26 @@ def test_verity_require_refuses_files_without_digest(tmp_path):
     _w(objs / rel, content)
     img = _image_from_dump(tmp_path, [f"/nodigest {len(content)} 100644 1 0 0 0 0.0 {rel} - -",
                                       "/inline 3 100644 1 0 0 0 0.0 - abc -"])
-    with fuse_mount(img, str(objs)) as (fmnt, proc):
+    with fuse_mount(img, str(objs), options=relaxed) as (fmnt, proc):
         assert open(os.path.join(fmnt, "nodigest"), "rb").read() == content
-    with fuse_mount(img, str(objs), options=["verity=require"]) as (fmnt, proc):
+    with fuse_mount(img, str(objs), options=[require]) as (fmnt, proc):
         with pytest.raises(OSError) as e:
             open(os.path.join(fmnt, "nodigest"), "rb").read()
         assert e.value.errno == 5
         assert open(os.path.join(fmnt, "inline"), "rb").read() == b"abc"
     lines = [l for l in proc.stderr_text.splitlines() if "verity=require" in l and "/nodigest" in l]
     assert len(lines) == 1, proc.stderr_text
+
+
+@pytest.mark.parametrize("opt", ["upperdir=/tmp/u", "workdir=/tmp/w", "idmap=/proc/1/ns/user"])
+def test_overlay_only_upstream_options_refused_with_reason(gen_tree, tmp_path, opt):
+    src, img, objs = gen_tree
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    p = run([tool("composefs-fuse"), "-f", "-o", f"basedir={objs},{opt}", img, mnt], check=False,
+            timeout=30)
+    assert p.returncode != 0 and not os.path.ismount(mnt)
+    assert f"{opt}: a writable layer or an ID mapping is an overlayfs feature" in p.stderr.decode(), p.stderr
 
 
 def test_metacopy_with_digest_but_no_redirect_as_kernel(tmp_path):

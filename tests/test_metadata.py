@@ -4,9 +4,11 @@
 against the kernel's mount, and permission checks that do not ask for
 ACLs when the image has none."""
 import errno
+import shutil
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -137,3 +139,68 @@ def test_permission_checks_ask_for_no_acl(tmp_path, mode, image_xattrs):
         after = _snap(proc, stats)
     assert middle["image_xattrs"] == ("yes" if image_xattrs else "none"), middle
     assert after["getxattrs"] == middle["getxattrs"] == before["getxattrs"], (before, middle, after)
+
+
+def _as_nobody():
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+def _nobody_reads(path):
+    """errno of nobody's open() of PATH, 0 if it reads."""
+    code = "import sys\ntry:\n    open(sys.argv[1], 'rb').read()\nexcept OSError as e:\n" \
+           "    sys.exit(e.errno)\n"
+    return subprocess.run([sys.executable, "-c", code, path], preexec_fn=_as_nobody).returncode
+
+
+def test_root_mount_serves_everyone_unless_private(tmp_path):
+    """Root's mount is readable by other users, as the kernel's composefs
+    mount is (allow_other by default, the kernel checking the modes):
+    nobody reads a 0644 file but not a 0600 one.  private keeps the whole
+    mount to root."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "open").write_bytes(b"for all\n" * 100)
+    (src / "d" / "secret").write_bytes(b"root only\n" * 100)
+    os.chmod(src / "d" / "secret", 0o600)
+    img, objs = str(tmp_path / "img.cfs"), str(tmp_path / "objs")
+    run([tool("mkcomposefs"), f"--digest-store={objs}", str(src), img])
+    with kernel_mount(img, objs) as kmnt:
+        os.chmod(os.path.dirname(kmnt), 0o755)
+        kernel = [_nobody_reads(os.path.join(kmnt, "d", n)) for n in ("open", "secret")]
+    assert kernel == [0, errno.EACCES]
+    mnt = tempfile.mkdtemp(prefix="cfs-nobody-")  # outside pytest's 0700 directories
+    os.chmod(mnt, 0o755)
+    with fuse_mount(img, objs, mnt=mnt) as (fmnt, proc):
+        assert [_nobody_reads(os.path.join(fmnt, "d", n)) for n in ("open", "secret")] == kernel
+    with fuse_mount(img, objs, mnt=mnt, options=["private"]) as (fmnt, proc):
+        assert _nobody_reads(os.path.join(fmnt, "d", "open")) == errno.EACCES
+        assert open(os.path.join(fmnt, "d", "secret"), "rb").read() == b"root only\n" * 100
+    os.rmdir(mnt)
+
+
+@pytest.mark.skipif(not shutil.which("setfacl"), reason="no setfacl")
+def test_noacl_leaves_acls_unenforced(tmp_path):
+    """An ACL that lets nobody read a 0600 file is enforced as the kernel
+    mount does; with upstream cfs-fuse's noacl only the mode bits count
+    (the ACL is still there to read)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "acl"
+    f.write_bytes(b"by acl\n" * 100)
+    os.chmod(f, 0o600)
+    run(["setfacl", "-m", "u:65534:r", str(f)])
+    img, objs = str(tmp_path / "img.cfs"), str(tmp_path / "objs")
+    run([tool("mkcomposefs"), f"--digest-store={objs}", str(src), img])
+    with kernel_mount(img, objs) as kmnt:
+        os.chmod(os.path.dirname(kmnt), 0o755)
+        assert _nobody_reads(os.path.join(kmnt, "acl")) == 0
+    mnt = tempfile.mkdtemp(prefix="cfs-nobody-")  # outside pytest's 0700 directories
+    os.chmod(mnt, 0o755)
+    with fuse_mount(img, objs, mnt=mnt) as (fmnt, proc):
+        assert _nobody_reads(os.path.join(fmnt, "acl")) == 0
+    with fuse_mount(img, objs, mnt=mnt, options=["noacl"]) as (fmnt, proc):
+        assert _nobody_reads(os.path.join(fmnt, "acl")) == errno.EACCES
+        assert "system.posix_acl_access" in os.listxattr(os.path.join(fmnt, "acl"))
+    os.rmdir(mnt)
