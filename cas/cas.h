@@ -77,8 +77,10 @@ struct cfs_cas_options {
 	                                         is writable, else the tree cache */
 };
 
-/* $XDG_CACHE_HOME/composefs-fuse, else $HOME/.cache/composefs-fuse
- * (malloc'ed).  -ENOENT if neither variable is set. */
+/* $XDG_CACHE_HOME/composefs-fuse, else HOME/.cache/composefs-fuse
+ * (malloc'ed), HOME being $HOME unless that is an existing directory
+ * another user owns (mount.fuse3 sets HOME=/root), then the passwd
+ * entry's home.  -ENOENT if no home is known. */
 int cfs_tree_cache_default_dir(char **ret_dir);
 
 /* Counters for logs and tests (monotonic, read without a lock). */

@@ -216,23 +216,48 @@ def test_user_passthrough_falls_back(workspace):
 
 
 def test_user_without_writable_cache_dir_still_mounts(workspace):
-    """A user whose ~/.cache cannot be created (here: HOME is a directory
-    owned by root) still mounts: Merkle trees are kept in memory only, with
-    one warning."""
+    """A user whose ~/.cache cannot be created (here: HOME is the user's
+    own directory, read-only) still mounts: Merkle trees are kept in memory
+    only, with one warning."""
     ws = workspace
     stats = os.path.join(ws["home"], "stats")
     fmnt = ws["mnt"]
-    with user_mount(ws, options=["passthrough=off", f"stats_file={stats}"],
-                    env={"HOME": ws["top"]}) as proc:
-        assert read_as_user(ws, os.path.join(fmnt, "big")) == ws["data"]
+    ro_home = os.path.join(ws["top"], "ro-home")
+    os.mkdir(ro_home, 0o555)
+    os.chown(ro_home, ws["uid"], ws["gid"])
+    try:
+        with user_mount(ws, options=["passthrough=off", f"stats_file={stats}"],
+                        env={"HOME": ro_home}) as proc:
+            assert read_as_user(ws, os.path.join(fmnt, "big")) == ws["data"]
+    finally:
+        os.rmdir(ro_home)
     s = dict(l.split() for l in open(stats))
     assert int(s["cas_trees_built"]) + int(s["cas_trees_from_store"]) >= 1, s
     assert int(s["cas_trees_written"]) == 0, s
     assert s["verification"] == "userspace"
     warn = [l for l in proc.stderr_text.splitlines() if "unusable" in l]
-    assert len(warn) == 1 and os.path.join(ws["top"], ".cache") in warn[0], proc.stderr_text
+    assert len(warn) == 1 and os.path.join(ro_home, ".cache") in warn[0], proc.stderr_text
     assert "Permission denied" in warn[0]
-    assert not os.path.exists(os.path.join(ws["top"], ".cache"))
+
+
+def test_user_with_root_home_saves_trees_in_own_cache(workspace):
+    """mount.fuse3 (an fstab "user" mount) runs the daemon with HOME=/root:
+    the tree cache is the one under the user's passwd home instead, with
+    no warning (the trees of this image's objects came with the store, so
+    none needs saving: the daemon's own line names the cache)."""
+    ws = workspace
+    old_home = pwd.getpwnam(USER).pw_dir
+    run(["usermod", "-d", ws["home"], USER])
+    cache = os.path.join(ws["home"], ".cache", "composefs-fuse")
+    try:
+        with user_mount(ws, options=["passthrough=off"], env={"HOME": "/root"}) as proc:
+            assert read_as_user(ws, os.path.join(ws["mnt"], "big")) == ws["data"]
+        assert "unusable" not in proc.stderr_text, proc.stderr_text
+        assert f"tree cache {cache}," in proc.stderr_text, proc.stderr_text
+        assert os.stat(cache).st_uid == ws["uid"]
+    finally:
+        run(["usermod", "-d", old_home, USER])
+        shutil.rmtree(os.path.join(ws["home"], ".cache"), ignore_errors=True)
 
 
 def children(pid):
