@@ -23,10 +23,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/capability.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cfsd.h"
@@ -723,16 +726,124 @@ static int check_digest(struct cfsd *d, const char *image, const struct options 
 	return 0;
 }
 
+/* Undo the octal escapes of /proc/self/mountinfo (\040 for a space...). */
+static void unescape_octal(char *s)
+{
+	char *w = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*w++ = (char)((s[1] - '0') << 6 | (s[2] - '0') << 3 | (s[3] - '0'));
+			s += 3;
+		} else {
+			*w++ = *s;
+		}
+	}
+	*w = '\0';
+}
+
+/* Is the topmost mount on @abs (an absolute path) one of ours? */
+static bool is_our_mount(const char *abs)
+{
+	_cleanup_fclose_ FILE *f = fopen("/proc/self/mountinfo", "re");
+	_cleanup_free_ char *line = NULL;
+	size_t cap = 0;
+	bool ours = false;
+
+	if (!f)
+		return false;
+	while (getline(&line, &cap, f) > 0) {
+		char *save = NULL, *mp = NULL, *sep = strstr(line, " - "), *tok;
+		int i = 0;
+
+		if (!sep)
+			continue;
+		for (tok = strtok_r(line, " ", &save); tok && i < 4; tok = strtok_r(NULL, " ", &save))
+			i++;
+		mp = tok;
+		if (!mp || mp > sep)
+			continue;
+		unescape_octal(mp);
+		if (strcmp(mp, abs) != 0)
+			continue;
+		/* The last mount on the path wins: the one a lookup meets. */
+		ours = strncmp(sep + 3, "fuse.composefs-fuse ", 20) == 0;
+	}
+	return ours;
+}
+
+/*
+ * A daemon killed without unmounting (SIGKILL, a crash) leaves a dead mount
+ * that answers ENOTCONN; a restart (Restart=on-failure) would stack a second
+ * mount on it.  A dead mount of ours is detached and replaced, with a
+ * warning; anything else on the mountpoint is left alone.
+ */
+static int replace_dead_mount(const char *mnt)
+{
+	_cleanup_free_ char *abs = NULL, *fusermount = NULL;
+	char cwd[PATH_MAX];
+	int status;
+	pid_t pid;
+
+	if (mnt[0] == '/')
+		abs = strdup(mnt);
+	else if (getcwd(cwd, sizeof(cwd)))
+		(void)asprintf(&abs, "%s/%s", cwd, mnt);
+	if (!abs)
+		return -ENOMEM;
+	for (size_t n = strlen(abs); n > 1 && abs[n - 1] == '/'; n--)
+		abs[n - 1] = '\0';
+	if (!is_our_mount(abs))
+		return -ENOTCONN;
+	cfsd_log(FUSE_LOG_WARNING, "mountpoint '%s': a dead composefs-fuse mount (its daemon died); "
+		 "replacing it\n", mnt);
+	if (geteuid() == 0)
+		return umount2(abs, MNT_DETACH) < 0 ? -errno : 0;
+	/* An ordinary user's own mount: fusermount3 may unmount it. */
+	fusermount = find_in_path("fusermount3");
+	if (!fusermount)
+		return -ENOENT;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		char *argv[] = { "fusermount3", "-u", "-z", "-q", "--", abs, NULL };
+		execv(fusermount, argv);
+		_exit(127);
+	}
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EBUSY;
+}
+
 static int check_mountpoint(const char *mnt)
 {
+	struct statfs sfs;
 	struct stat st;
+	int r;
 
 	if (strncmp(mnt, "/dev/fd/", 8) == 0)
 		return 0; /* a /dev/fuse descriptor from a parent that mounts */
-	if (stat(mnt, &st) < 0) {
-		int r = -errno;
-		cfsd_log(FUSE_LOG_ERR, "mountpoint '%s': %s\n", mnt, strerror(-r));
-		return r;
+	/* statfs() always asks the filesystem (a stat() of a dead FUSE
+	 * mount's root may be answered from the attribute cache). */
+	if (statfs(mnt, &sfs) < 0 || stat(mnt, &st) < 0) {
+		r = -errno;
+		if (r == -ENOTCONN) {
+			r = replace_dead_mount(mnt);
+			if (r < 0) {
+				cfsd_log(FUSE_LOG_ERR, "mountpoint '%s': a dead FUSE mount %s\n", mnt,
+					 r == -ENOTCONN ? "not made by composefs-fuse (umount -l it first)" :
+							  "that could not be unmounted");
+				return r;
+			}
+			r = stat(mnt, &st) < 0 ? -errno : 0;
+		}
+		if (r < 0) {
+			cfsd_log(FUSE_LOG_ERR, "mountpoint '%s': %s\n", mnt, strerror(-r));
+			return r;
+		}
 	}
 	if (!S_ISDIR(st.st_mode)) {
 		cfsd_log(FUSE_LOG_ERR, "mountpoint '%s': not a directory\n", mnt);

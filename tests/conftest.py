@@ -94,7 +94,11 @@ def wait_for_mount(proc, mnt, timeout=20, stderr_text=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if os.path.ismount(mnt):
-            return
+            try:
+                os.statvfs(mnt)  # answered: not a dead mount left on MNT
+                return
+            except OSError:
+                pass
         if proc.poll() is not None:
             if stderr_text:
                 err = stderr_text()

@@ -876,6 +876,51 @@ def test_journal_priorities_and_status(gen_tree, tmp_path):
     sock.close()
 
 
+def _mounts_on(mnt):
+    with open("/proc/self/mountinfo") as f:
+        return [l.split(" - ")[1].split()[0] for l in f if l.split()[4] == mnt]
+
+
+def test_restart_replaces_dead_mount(gen_tree, tmp_path):
+    """A root daemon killed with SIGKILL leaves a dead mount (ENOTCONN);
+    the next start on that mountpoint (systemd's Restart=) detaches it and
+    mounts in its place: one working mount, not two stacked.  A dead mount
+    of another filesystem is not touched."""
+    src, img, objs = gen_tree
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    argv = [tool("composefs-fuse"), "-f", "-o", f"basedir={objs}", img, mnt]
+    first = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    wait_for_mount(first, mnt)
+    first.kill()
+    first.wait()
+    with pytest.raises(OSError) as e:
+        os.statvfs(mnt)  # a stat() may come from the attribute cache
+    assert e.value.errno == errno.ENOTCONN
+    with fuse_mount(img, objs, mnt=mnt) as (fmnt, proc):
+        assert _mounts_on(mnt) == ["fuse.composefs-fuse"]
+        assert open(os.path.join(fmnt, "files/one"), "rb").read() == b"x"
+    assert "a dead composefs-fuse mount (its daemon died); replacing it" in proc.stderr_text
+    assert _mounts_on(mnt) == []
+
+    # Someone else's dead mount: refused, left in place.
+    other = subprocess.Popen([tool("failfs"), "-f", "-o", f"src={objs},ro", mnt],
+                             stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            assert other.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        other.kill()
+        other.wait()
+        p = run(argv, check=False, timeout=30)
+        assert p.returncode != 0
+        assert "a dead FUSE mount not made by composefs-fuse" in p.stderr.decode(), p.stderr
+        assert len(_mounts_on(mnt)) == 1 and _mounts_on(mnt)[0] != "fuse.composefs-fuse"
+    finally:
+        subprocess.run(["umount", "-l", mnt])
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_clean_exit(gen_tree, tmp_path, sig):
     src, img, objs = gen_tree
