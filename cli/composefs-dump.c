@@ -6,6 +6,8 @@
  * parsed back and written by the writer: for an image made by a conforming
  * mkcomposefs the output has the same bytes.
  */
+#include "config.h"
+
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,7 +29,8 @@ static void usage(FILE *f)
 		"using the image's own format version.\n"
 		"\n"
 		"Options:\n"
-		"  -h, --help   Show this help\n",
+		"  -h, --help     Show this help\n"
+		"  -V, --version  Show the version\n",
 		prog);
 }
 
@@ -59,6 +62,11 @@ int main(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			usage(stdout);
+			return EXIT_SUCCESS;
+		}
+		if (strcmp(argv[i], "-V") == 0 || strcmp(argv[i], "--version") == 0) {
+			printf("composefs-dump %s (composefs-fuse; output as composefs 1.0.8's)\n",
+			       PACKAGE_VERSION);
 			return EXIT_SUCCESS;
 		}
 		if (argv[i][0] == '-' && argv[i][1] != '\0' && strcmp(argv[i], "--") != 0)

@@ -4,6 +4,8 @@
  * output of upstream composefs 1.0.8 (ls, objects, missing-objects, dump,
  * measure-file), plus `verify` when built with info-verify.c.
  */
+#include "config.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -49,7 +51,8 @@ static void usage(FILE *f, const char *argv0)
 		"                          verify-signature (PEM or DER)\n"
 		"  --out=FILE              where sign writes the signature (DER)\n"
 		"  --signature=FILE        the signature verify-signature checks\n"
-		"  -h, --help              show this help\n",
+		"  -h, --help              show this help\n"
+		"  -V, --version           show the version\n",
 		argv0);
 }
 
@@ -325,6 +328,7 @@ int main(int argc, char **argv)
 		{ "out", required_argument, NULL, OPT_OUT },
 		{ "signature", required_argument, NULL, OPT_SIGNATURE },
 		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{},
 	};
 	struct basedirs bd = { .n = 0 };
@@ -332,8 +336,12 @@ int main(int argc, char **argv)
 	char **operands;
 	int nops, opt, r;
 
-	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "hV", longopts, NULL)) != -1) {
 		switch (opt) {
+		case 'V':
+			printf("composefs-info %s (composefs-fuse; output as composefs 1.0.8's)\n",
+			       PACKAGE_VERSION);
+			return EXIT_SUCCESS;
 		case OPT_BASEDIR:
 			arg_basedir = optarg;
 			break;

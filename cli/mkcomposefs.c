@@ -8,6 +8,8 @@
  * The image is built in memory and written only when complete: through a
  * temporary file renamed over IMAGE, so a failure leaves no output behind.
  */
+#include "config.h"
+
 #include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -46,7 +48,8 @@ static void usage(FILE *f)
 		"  --max-version=N       Use this maximum format version (default=%d)\n"
 		"  --threads=N           Threads computing digests and copying files\n"
 		"                        (default: number of CPUs)\n"
-		"  -h, --help            Show this help\n",
+		"  -h, --help            Show this help\n"
+		"  -V, --version         Show the version\n",
 		prog, CFS_DEFAULT_VERSION_MIN, CFS_DEFAULT_VERSION_MAX);
 }
 
@@ -305,6 +308,7 @@ int main(int argc, char **argv)
 		{ "max-version", required_argument, NULL, OPT_MAX_VERSION },
 		{ "threads", required_argument, NULL, OPT_THREADS },
 		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{},
 	};
 	_cleanup_(cfs_node_freep) struct cfs_node *root = NULL;
@@ -315,8 +319,12 @@ int main(int argc, char **argv)
 	unsigned scan_flags = 0;
 	int opt, r;
 
-	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "hV", longopts, NULL)) != -1) {
 		switch (opt) {
+		case 'V':
+			printf("mkcomposefs %s (composefs-fuse; images as composefs 1.0.8 makes)\n",
+			       PACKAGE_VERSION);
+			return EXIT_SUCCESS;
 		case OPT_SKIP_XATTRS:
 			scan_flags |= CFS_SCAN_SKIP_XATTRS;
 			break;

@@ -4,13 +4,14 @@ vectors, strict rejection of bad dumps with no output left behind, directory
 scanning with hard links kept, the digest store, and real kernel mounts."""
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
 
 import pytest
 
-from conftest import (CONFORMANCE, assert_same_tree, kernel_mount, needs_root, run, snapshot,
+from conftest import (CONFORMANCE, REPO, assert_same_tree, kernel_mount, needs_root, run, snapshot,
                       tool)
 
 DUMPS = os.path.join(CONFORMANCE, "dumps")
@@ -530,3 +531,18 @@ def test_digest_store_source_changing_under_mkcomposefs(tmp):
         stop.set()
         t.join()
     print(f"{failures} of 6 runs saw the source change")
+
+
+@pytest.mark.parametrize("name", ["mkcomposefs", "composefs-info", "composefs-dump", "composefs-fuse"])
+def test_every_tool_answers_version_and_help(name):
+    """--version and --help on every tool: exit 0, on stdout, the version
+    the build was made as (meson.build's project version)."""
+    want = re.search(r"version: '([^']+)'", open(os.path.join(REPO, "meson.build")).read()).group(1)
+    for flag in ("--version", "-V"):
+        p = run([tool(name), flag])
+        assert p.returncode == 0
+        assert p.stdout.decode().startswith(f"{name} {want}"), p.stdout
+    p = run([tool(name), "--help"])
+    out = p.stdout.decode()
+    assert p.returncode == 0 and out.lower().startswith("usage:"), out[:200]
+    assert "--version" in out
