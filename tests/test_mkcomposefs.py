@@ -546,3 +546,24 @@ def test_every_tool_answers_version_and_help(name):
     out = p.stdout.decode()
     assert p.returncode == 0 and out.lower().startswith("usage:"), out[:200]
     assert "--version" in out
+
+
+@pytest.mark.parametrize("name", ["mkcomposefs", "composefs-info", "composefs-dump", "composefs-fuse"])
+def test_man_page_documents_every_option(name):
+    """Every option --help lists is in the tool's manual page, which also
+    has ENVIRONMENT and FILES sections and the version in its header."""
+    help_text = run([tool(name), "--help"]).stdout.decode()
+    page = open(os.path.join(REPO, "man", name + ".1")).read().replace("\\-", "-")
+    page = re.sub(r'^\.SH "(.*)"$', r".SH \1", page, flags=re.M)
+    if name == "composefs-fuse":
+        # "    name=VALUE   ..." lines of our own options, before libfuse's.
+        ours = help_text.split("FUSE options:")[0]
+        opts = re.findall(r"^    ([a-z_]+)(?:[=, ]|$)", ours, re.M)
+    else:
+        opts = re.findall(r"(--[a-z][a-z-]*)", help_text)
+    assert len(opts) >= 2, help_text
+    missing = [o for o in sorted(set(opts)) if o not in page]
+    assert not missing, f"{name}.1 lacks {missing}"
+    for section in (".SH ENVIRONMENT", ".SH FILES", ".SH EXIT STATUS"):
+        assert section in page, section
+    assert '"composefs-fuse @VERSION@"' in page.split("\n")[1]
