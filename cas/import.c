@@ -91,6 +91,29 @@ static int link_noreplace(int dirfd, const char *tmp, const char *name)
 	return 0;
 }
 
+/*
+ * Give the O_TMPFILE file *@tfd its name.  fs-verity can only be enabled
+ * once no descriptor can write the file, so a read-only one is opened
+ * through /proc first, the writable one closed, verity enabled, and that
+ * descriptor linked in; linkat() never replaces an existing name.  Without
+ * /proc, AT_EMPTY_PATH (CAP_DAC_READ_SEARCH) links it as it is.
+ */
+static int link_tmpfile(int *tfd, int dirfd, const char *name)
+{
+	char path[64];
+	int rfd;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", *tfd);
+	rfd = open(path, O_RDONLY | O_CLOEXEC);
+	if (rfd < 0)
+		return linkat(*tfd, "", dirfd, name, AT_EMPTY_PATH) < 0 ? -errno : 0;
+	closep(tfd);
+	*tfd = rfd;
+	(void)cfs_verity_kernel_ops.enable(NULL, rfd);
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", rfd);
+	return linkat(AT_FDCWD, path, dirfd, name, AT_SYMLINK_FOLLOW) < 0 ? -errno : 0;
+}
+
 int cfs_store_import(const char *store_dir, int src_fd, const uint8_t digest[CFS_DIGEST_SIZE])
 {
 	_cleanup_close_ int store = -EBADF, sub = -EBADF, tfd = -EBADF;
@@ -119,7 +142,12 @@ int cfs_store_import(const char *store_dir, int src_fd, const uint8_t digest[CFS
 	if (fstat(src_fd, &sst) < 0)
 		return -errno;
 
-	for (int tries = 0;; tries++) {
+	/* An unnamed file where the filesystem has O_TMPFILE: a signal or a
+	 * crash during the copy leaves nothing behind.  Else a named one. */
+	tfd = openat(sub, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+	if (tfd >= 0)
+		tmp[0] = '\0';
+	for (int tries = 0; tfd < 0; tries++) {
 		uint64_t rnd;
 		if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
 			rnd = (uint64_t)getpid() * 1000003u + (uint64_t)tries;
@@ -155,15 +183,22 @@ int cfs_store_import(const char *store_dir, int src_fd, const uint8_t digest[CFS
 		r = -errno;
 	if (r >= 0 && fsync(tfd) < 0)
 		r = -errno;
+	if (!tmp[0]) {
+		if (r >= 0)
+			r = link_tmpfile(&tfd, sub, name);
+	} else {
+		closep(&tfd);
+		tfd = -EBADF;
+		if (r >= 0) {
+			try_enable_verity(sub, tmp);
+			r = link_noreplace(sub, tmp, name);
+		}
+		(void)unlinkat(sub, tmp, 0); /* gone already after a rename */
+	}
 	closep(&tfd);
 	tfd = -EBADF;
-	if (r >= 0) {
-		try_enable_verity(sub, tmp);
-		r = link_noreplace(sub, tmp, name);
-		if (r == -EEXIST) /* another writer got there first: same content */
-			r = 0;
-	}
-	(void)unlinkat(sub, tmp, 0); /* gone already after a rename */
+	if (r == -EEXIST) /* another writer got there first: same content */
+		r = 0;
 	if (r >= 0)
 		(void)fsync(sub);
 	/* The tree beside it, for readers without kernel fs-verity; losing

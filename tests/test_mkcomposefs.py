@@ -8,6 +8,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -567,3 +568,32 @@ def test_man_page_documents_every_option(name):
     for section in (".SH ENVIRONMENT", ".SH FILES", ".SH EXIT STATUS"):
         assert section in page, section
     assert '"composefs-fuse @VERSION@"' in page.split("\n")[1]
+
+
+def test_killed_import_leaves_no_temporary_file(tmp_path):
+    """mkcomposefs --digest-store killed in the middle of copying an object
+    leaves no half-written file in the store: each object is copied into
+    an unnamed O_TMPFILE file and linked in once complete."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        with open(src / f"f{i}", "wb") as f:
+            for _ in range(16):
+                f.write(os.urandom(16 << 20))  # 256 MiB: a copy takes a while
+    store = tmp_path / "store"
+    p = subprocess.Popen([tool("mkcomposefs"), f"--digest-store={store}", "--threads=1",
+                          str(src), str(tmp_path / "img")], stderr=subprocess.PIPE)
+    try:
+        # The object's directory is made just before its copy starts.
+        deadline = time.monotonic() + 120
+        while p.poll() is None and time.monotonic() < deadline and \
+                not (store.exists() and any(len(n) == 2 for n in os.listdir(store))):
+            time.sleep(0.002)
+        time.sleep(0.05)
+        assert p.poll() is None, "finished before it could be killed"
+        p.kill()
+    finally:
+        p.wait()
+    names = [n for d, _, ns in os.walk(store) for n in ns]
+    assert not [n for n in names if n.startswith(".tmp")], names
+    assert not (tmp_path / "img").exists()
