@@ -6,7 +6,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1146,8 +1148,32 @@ static void test_default_dir(void)
 	CHECK(strcmp(d, "/home/u/.cache/composefs-fuse") == 0);
 	free(d);
 	unsetenv("XDG_CACHE_HOME");
-	unsetenv("HOME");
-	CHECK_EQ(cfs_tree_cache_default_dir(&d), -ENOENT);
+	{
+		/* No HOME, or one that is another user's existing directory
+		 * (mount.fuse3 passes HOME=/root): the passwd entry's home. */
+		struct passwd *pw = getpwuid(geteuid());
+		char want[PATH_MAX], other[] = "/tmp/cfs-home-XXXXXX";
+
+		CHECK(pw && pw->pw_dir[0] == '/');
+		snprintf(want, sizeof(want), "%s/.cache/composefs-fuse", pw->pw_dir);
+		unsetenv("HOME");
+		CHECK_EQ(cfs_tree_cache_default_dir(&d), 0);
+		CHECK(strcmp(d, want) == 0);
+		free(d);
+		CHECK(mkdtemp(other) != NULL);
+		setenv("HOME", other, 1);
+		CHECK_EQ(cfs_tree_cache_default_dir(&d), 0); /* our own directory */
+		CHECK(strncmp(d, other, strlen(other)) == 0);
+		free(d);
+		if (geteuid() == 0) {
+			CHECK_EQ(chown(other, 65534, 65534), 0);
+			CHECK_EQ(cfs_tree_cache_default_dir(&d), 0);
+			CHECK(strcmp(d, want) == 0);
+			free(d);
+		}
+		rmdir(other);
+		unsetenv("HOME");
+	}
 }
 
 static void run_all(void)
