@@ -16,10 +16,12 @@
 #include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cas.h"
@@ -79,6 +81,11 @@ struct work {
 	atomic_int failed;
 	pthread_mutex_t lock;
 	char *error; /* first error, for the message */
+	/* Progress, shown on a terminal. */
+	atomic_size_t files_done;
+	atomic_uint_fast64_t bytes_done;
+	uint64_t bytes_total;
+	atomic_bool finished;
 };
 
 static char *path_join(const char *a, const char *b)
@@ -205,6 +212,8 @@ static void *worker(void *userdata)
 		if (i >= wk->n)
 			break;
 		r = process_item(wk, &wk->items[i], &what);
+		atomic_fetch_add(&wk->files_done, 1);
+		atomic_fetch_add(&wk->bytes_done, wk->items[i].node->size);
 		if (r < 0) {
 			pthread_mutex_lock(&wk->lock);
 			if (!wk->error &&
@@ -217,14 +226,51 @@ static void *worker(void *userdata)
 	return NULL;
 }
 
+static double now_seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* On a terminal, twice a second: files and bytes done, and the rate; the
+ * line is erased at the end, so that only the result stays. */
+static void *progress(void *userdata)
+{
+	struct work *wk = userdata;
+	const struct timespec half = { .tv_nsec = 500000000 };
+	double start = now_seconds();
+	bool shown = false;
+
+	while (!atomic_load(&wk->finished)) {
+		nanosleep(&half, NULL);
+		if (atomic_load(&wk->finished))
+			break;
+		double el = now_seconds() - start, mib = (double)atomic_load(&wk->bytes_done) / 1048576.0;
+		fprintf(stderr, "\rmkcomposefs: %zu/%zu files, %.0f/%.0f MiB, %.0f MiB/s\033[K",
+			atomic_load(&wk->files_done), wk->n, mib, (double)wk->bytes_total / 1048576.0,
+			el > 0 ? mib / el : 0.0);
+		shown = true;
+	}
+	if (shown)
+		fputs("\r\033[K", stderr);
+	return NULL;
+}
+
 static void fill_contents(struct cfs_node *root, const char *src, const char *store, int threads)
 {
 	struct work wk = { .store = store, .lock = PTHREAD_MUTEX_INITIALIZER };
-	pthread_t *tids;
+	pthread_t *tids, ptid;
+	bool progress_on = false;
 	int started = 0;
 
 	if (collect(&wk, root, src) < 0)
 		die("out of memory");
+	for (size_t i = 0; i < wk.n; i++)
+		wk.bytes_total += wk.items[i].node->size;
+	if (isatty(STDERR_FILENO))
+		progress_on = pthread_create(&ptid, NULL, progress, &wk) == 0;
 	if ((size_t)threads > wk.n)
 		threads = wk.n > 0 ? (int)wk.n : 1;
 	tids = calloc((size_t)threads, sizeof(*tids));
@@ -239,6 +285,9 @@ static void fill_contents(struct cfs_node *root, const char *src, const char *st
 	for (int i = 1; i <= started; i++)
 		pthread_join(tids[i], NULL);
 	free(tids);
+	atomic_store(&wk.finished, true);
+	if (progress_on)
+		pthread_join(ptid, NULL);
 	if (atomic_load(&wk.failed))
 		die("%s", wk.error ? wk.error : "out of memory");
 	for (size_t i = 0; i < wk.n; i++)

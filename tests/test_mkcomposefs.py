@@ -597,3 +597,34 @@ def test_killed_import_leaves_no_temporary_file(tmp_path):
     names = [n for d, _, ns in os.walk(store) for n in ns]
     assert not [n for n in names if n.startswith(".tmp")], names
     assert not (tmp_path / "img").exists()
+
+
+def test_progress_on_a_terminal_only(tmp_path):
+    """On a terminal, mkcomposefs --digest-store shows files, bytes and rate
+    while it works, and erases the line at the end; piped, it prints
+    nothing (the output stays what upstream's is)."""
+    import pty
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        with open(src / f"f{i}", "wb") as f:
+            f.write(os.urandom(64 << 20))
+    master, slave = pty.openpty()
+    p = subprocess.Popen([tool("mkcomposefs"), f"--digest-store={tmp_path / 'store'}", "--threads=1",
+                          str(src), str(tmp_path / "img")], stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait() == 0
+    assert re.search(rb"\rmkcomposefs: \d+/6 files, \d+/384 MiB, \d+ MiB/s", out), out
+    assert out.endswith(b"\r\x1b[K"), out[-40:]
+    p = run([tool("mkcomposefs"), f"--digest-store={tmp_path / 'store2'}", str(src), str(tmp_path / "img2")])
+    assert p.stderr == b""
