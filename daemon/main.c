@@ -239,14 +239,22 @@ static char *absolute_path(const char *path)
 	return asprintf(&p, "%s/%s", cwd, path) < 0 ? NULL : p;
 }
 
-/* The default tree cache: cfs_tree_cache_default_dir() ($XDG_CACHE_HOME or
- * ~/.cache), or /var/cache/composefs-fuse for root when neither variable is
- * set (system services).  NULL (no persistence) for an ordinary user without
- * either; -ENOMEM only on allocation failure. */
+/* The default tree cache: the first of $CACHE_DIRECTORY (a unit's
+ * CacheDirectory=, /var/cache/composefs-fuse for the system unit), else
+ * cfs_tree_cache_default_dir() ($XDG_CACHE_HOME or ~/.cache), or
+ * /var/cache/composefs-fuse for root when neither variable is set.  NULL (no
+ * persistence) for an ordinary user without either; -ENOMEM only on
+ * allocation failure. */
 static int default_tree_cache(char **ret_dir)
 {
-	int r = cfs_tree_cache_default_dir(ret_dir);
+	const char *unit_cache = getenv("CACHE_DIRECTORY");
+	int r;
 
+	if (unit_cache && unit_cache[0] == '/') {
+		*ret_dir = strndup(unit_cache, strcspn(unit_cache, ":"));
+		return *ret_dir ? 0 : -ENOMEM;
+	}
+	r = cfs_tree_cache_default_dir(ret_dir);
 	if (r != -ENOENT)
 		return r;
 	*ret_dir = NULL;
