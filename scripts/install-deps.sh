@@ -8,6 +8,7 @@ pkgs=(
 	meson ninja-build pkg-config gcc clang libclang-rt-14-dev
 	libfuse3-dev fuse3 libssl-dev libfsverity-dev fsverity liburing-dev
 	python3-pytest erofs-utils attr acl util-linux kmod
+	mmdebstrap systemd-container
 )
 
 missing=()
