@@ -7,7 +7,7 @@ set -euo pipefail
 pkgs=(
 	meson ninja-build pkg-config gcc clang libclang-rt-14-dev
 	libfuse3-dev fuse3 libssl-dev libfsverity-dev fsverity liburing-dev
-	python3-pytest erofs-utils attr acl util-linux kmod
+	python3-pytest erofs-utils attr acl util-linux kmod bubblewrap busybox-static
 	mmdebstrap systemd-container
 )
 
