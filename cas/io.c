@@ -22,10 +22,19 @@
 #define SEQ_CHUNK (256 * 1024) /* read-ahead unit while building a tree */
 #define SEQ_DEPTH 4            /* read-ahead chunks in flight */
 
+/*
+ * A thread's ring serves one reader at a time: a cfs_io_read_segs() call or
+ * one live sequential reader, each of which tags its requests with its own
+ * indices and reaps every completion it finds.  @busy says the ring is taken;
+ * a second reader on the same thread meanwhile (a read while a sequential
+ * reader is alive) reads with pread instead of sharing the ring, so a
+ * completion is never taken by a reader it does not belong to.
+ */
 struct cfs_io_ring {
 #if HAVE_IO_URING
 	struct io_uring ring;
 #endif
+	bool busy;
 	struct cfs_io *io;
 	struct cfs_io_ring *prev, *next;
 };
@@ -119,6 +128,24 @@ static struct cfs_io_ring *ring_get(struct cfs_io *io)
 		return NULL;
 	return r;
 }
+
+/* This thread's ring for one reader, or NULL (pread) if it has none or
+ * another reader holds it; give it back with ring_release(). */
+static struct cfs_io_ring *ring_acquire(struct cfs_io *io)
+{
+	struct cfs_io_ring *r = ring_get(io);
+
+	if (!r || r->busy)
+		return NULL;
+	r->busy = true;
+	return r;
+}
+
+static void ring_release(struct cfs_io_ring *r)
+{
+	if (r)
+		r->busy = false;
+}
 #endif
 
 int cfs_io_init(struct cfs_io *io, enum cfs_io_backend want)
@@ -199,12 +226,12 @@ int cfs_io_read_segs(struct cfs_io *io, int fd, struct cfs_io_seg *segs, unsigne
 		     cfs_io_done_fn done, void *userdata)
 {
 #if HAVE_IO_URING
-	struct cfs_io_ring *r = ring_get(io);
+	struct cfs_io_ring *r;
 	unsigned next = 0, inflight = 0, completed = 0, hard_errors = 0;
 	int ret = 0;
 
 	/* A single segment gains nothing from the ring round trip. */
-	if (!r || n == 1)
+	if (n == 1 || !(r = ring_acquire(io)))
 		return read_segs_pread(fd, segs, n, done, userdata);
 
 	while (completed < n) {
@@ -248,6 +275,7 @@ int cfs_io_read_segs(struct cfs_io *io, int fd, struct cfs_io_seg *segs, unsigne
 		inflight -= seen;
 		completed += seen;
 	}
+	ring_release(r);
 	return ret;
 #else
 	return read_segs_pread(fd, segs, n, done, userdata);
@@ -310,7 +338,7 @@ static int seq_reap(struct cfs_seqreader *r, bool wait)
 
 		seen++;
 		if (i >= SEQ_DEPTH)
-			continue; /* not ours: cannot happen, rings are per thread */
+			continue; /* not ours: cannot happen, the ring is held (ring_acquire) */
 		r->chunk[i].res = finish_read(r->fd, r->chunk[i].buf, r->chunk[i].len, r->chunk[i].off, cqe->res);
 		r->chunk[i].pending = false;
 	}
@@ -330,7 +358,7 @@ int cfs_seqreader_new(struct cfs_io *io, int fd, uint64_t size, struct cfs_seqre
 	r->fd = fd;
 	r->size = size;
 #if HAVE_IO_URING
-	r->ring = ring_get(io);
+	r->ring = ring_acquire(io);
 #endif
 	depth = r->ring ? SEQ_DEPTH : 1;
 	r->chunk_size = size < SEQ_CHUNK ? (size_t)((size + 4095) / 4096 * 4096) : SEQ_CHUNK;
@@ -365,6 +393,7 @@ struct cfs_seqreader *cfs_seqreader_free(struct cfs_seqreader *r)
 		if (seq_reap(r, true) < 0 && ++errors > 1000)
 			abort(); /* a ring that stays broken: cannot free safely */
 	}
+	ring_release(r->ring);
 #endif
 	for (unsigned i = 0; i < SEQ_DEPTH; i++)
 		free(r->chunk[i].buf);
