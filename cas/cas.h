@@ -57,7 +57,9 @@ struct cfs_cas_options {
 	const struct cfs_verity_ops *verity;  /* NULL: cfs_verity_kernel_ops */
 	const char *tree_cache_dir;           /* NULL: do not persist Merkle trees;
 	                                         created (0700) if missing; must not be
-	                                         inside a basedir (-EINVAL); if it cannot
+	                                         inside a basedir (-EXDEV) nor have '.' or
+	                                         '..' past its existing part (-EINVAL); see
+	                                         cfs_tree_cache_strerror(); if it cannot
 	                                         be created or opened cfs_cas_open()
 	                                         fails with that -errno: retry with NULL
 	                                         to run without persistence */
@@ -82,6 +84,9 @@ struct cfs_cas_options {
  * another user owns (mount.fuse3 sets HOME=/root), then the passwd
  * entry's home.  -ENOENT if no home is known. */
 int cfs_tree_cache_default_dir(char **ret_dir);
+/* The reason cfs_cas_open() refused a tree_cache_dir, in words: its -EXDEV
+ * and -EINVAL are specific (see struct cfs_cas_options), the rest strerror(). */
+const char *cfs_tree_cache_strerror(int r);
 
 /* Counters for logs and tests (monotonic, read without a lock). */
 struct cfs_cas_stats {
@@ -110,9 +115,17 @@ void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret_stats);
 struct cfs_cas;
 struct cfs_object;
 
-/* @basedirs: one or more directories separated by ':', searched in order.
+/* A list of store directories as every tool reads it: one or more names
+ * separated by ':', searched in order, none empty; a whole @spec that names
+ * an existing directory is that one directory, ':' and all (upstream's
+ * tools take one directory).  Returns the count and a NULL-terminated array
+ * (free with cfs_strv_free()), -EINVAL for an empty list or name. */
+int cfs_basedirs_parse(const char *spec, char ***ret_dirs);
+void cfs_strv_free(char **v);
+
+/* @basedirs: as cfs_basedirs_parse() reads it.
  * Each is opened now (O_PATH); -ENOENT/-ENOTDIR/... if one cannot be,
- * -EINVAL for an empty component.  @opts is copied.  The cas is freed when
+ * -EINVAL for an empty list or component.  @opts is copied.  The cas is freed when
  * the last of its own reference and its objects' references goes.  Do not
  * drop the last reference while other threads still use objects. */
 int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struct cfs_cas **ret_cas);

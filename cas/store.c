@@ -35,10 +35,8 @@ static void cas_free(struct cfs_cas *cas)
 	for (size_t i = 0; i < cas->n_basedirs; i++) {
 		if (cas->basedir_fds && cas->basedir_fds[i] >= 0)
 			close(cas->basedir_fds[i]);
-		if (cas->basedirs)
-			free(cas->basedirs[i]);
 	}
-	free(cas->basedirs);
+	cfs_strv_free(cas->basedirs);
 	free(cas->basedir_fds);
 	cfs_tree_cache_fini(&cas->trees);
 	cfs_io_fini(&cas->io);
@@ -49,21 +47,70 @@ static void cas_free(struct cfs_cas *cas)
 	free(cas);
 }
 
+void cfs_strv_free(char **v)
+{
+	for (char **p = v; p && *p; p++)
+		free(*p);
+	free(v);
+}
+
+int cfs_basedirs_parse(const char *spec, char ***ret_dirs)
+{
+	char **v;
+	const char *p;
+	struct stat st;
+	size_t n = 1;
+
+	if (!spec || !spec[0])
+		return -EINVAL;
+	/* A directory whose own name has a ':' (upstream takes one
+	 * directory) is that directory, not a list. */
+	if (!strchr(spec, ':') || (stat(spec, &st) == 0 && S_ISDIR(st.st_mode)))
+		n = 1;
+	else
+		for (p = spec; *p; p++)
+			n += *p == ':';
+	v = calloc(n + 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	p = spec;
+	for (size_t i = 0; i < n; i++) {
+		const char *end = n == 1 ? p + strlen(p) : strchrnul(p, ':');
+
+		if (end == p) {
+			cfs_strv_free(v);
+			return -EINVAL; /* an empty name between two ':' or at an end */
+		}
+		v[i] = strndup(p, (size_t)(end - p));
+		if (!v[i]) {
+			cfs_strv_free(v);
+			return -ENOMEM;
+		}
+		p = *end ? end + 1 : end;
+	}
+	*ret_dirs = v;
+	return (int)n;
+}
+
 int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struct cfs_cas **ret_cas)
 {
 	struct cfs_cas *cas;
-	const char *p;
-	size_t n = 1;
+	char **dirs = NULL;
+	size_t n;
 	int r;
 
 	if (!basedirs || !opts)
 		return -EINVAL;
-	for (p = basedirs; *p; p++)
-		n += *p == ':';
+	r = cfs_basedirs_parse(basedirs, &dirs);
+	if (r < 0)
+		return r;
+	n = (size_t)r;
 
 	cas = calloc(1, sizeof(*cas));
-	if (!cas)
+	if (!cas) {
+		cfs_strv_free(dirs);
 		return -ENOMEM;
+	}
 	atomic_init(&cas->refcount, 1);
 	pthread_mutex_init(&cas->lock, NULL);
 	pthread_cond_init(&cas->init_cond, NULL);
@@ -74,7 +121,7 @@ int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struc
 	cas->trees.dirfd = -1;
 	cas->verity = opts->verity ? *opts->verity : cfs_verity_kernel_ops;
 	cas->have_openat2 = true;
-	cas->basedirs = calloc(n, sizeof(char *));
+	cas->basedirs = dirs;
 	cas->basedir_fds = malloc(n * sizeof(int));
 	cas->nbuckets = 256;
 	cas->buckets = calloc(cas->nbuckets, sizeof(*cas->buckets));
@@ -89,25 +136,13 @@ int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struc
 	if (opts->tree_cache_dir && !(cas->opts.tree_cache_dir = strdup(opts->tree_cache_dir)))
 		goto fail;
 
-	p = basedirs;
 	for (size_t i = 0; i < n; i++) {
-		const char *end = strchrnul(p, ':');
-
-		cas->basedir_fds[i] = -1;
 		cas->n_basedirs = i + 1;
-		r = -EINVAL;
-		if (end == p)
-			goto fail; /* empty component */
-		r = -ENOMEM;
-		cas->basedirs[i] = strndup(p, (size_t)(end - p));
-		if (!cas->basedirs[i])
-			goto fail;
 		cas->basedir_fds[i] = open(cas->basedirs[i], O_PATH | O_DIRECTORY | O_CLOEXEC);
 		if (cas->basedir_fds[i] < 0) {
 			r = -errno;
 			goto fail;
 		}
-		p = *end ? end + 1 : end;
 	}
 	r = cfs_tree_cache_init(&cas->trees, &cas->opts, (const char *const *)cas->basedirs, cas->n_basedirs);
 	if (r < 0)

@@ -145,7 +145,7 @@ int cfs_tree_cache_init(struct cfs_tree_cache *tc, const struct cfs_cas_options 
 			_cleanup_free_ char *base = realpath(basedirs[i], NULL);
 
 			if (base && path_within(real, base))
-				return -EINVAL;
+				return -EXDEV;
 		}
 		r = mkdir_parents(real);
 		if (r < 0)
@@ -155,6 +155,18 @@ int cfs_tree_cache_init(struct cfs_tree_cache *tc, const struct cfs_cas_options 
 			return -errno;
 	}
 	return 0;
+}
+
+const char *cfs_tree_cache_strerror(int r)
+{
+	switch (r) {
+	case -EXDEV:
+		return "inside an object store directory";
+	case -EINVAL:
+		return "'.' or '..' in the part of the path that does not exist yet";
+	default:
+		return strerror(-r);
+	}
 }
 
 void cfs_tree_cache_fini(struct cfs_tree_cache *tc)

@@ -160,8 +160,9 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Several base directories may be given separated by ':'; an object is
- * present if it is in any of them. */
+/* Several base directories may be given separated by ':' (read as every
+ * tool reads them, cfs_basedirs_parse()); an object is present if it is in
+ * any of them. */
 struct basedirs {
 	int fds[16];
 	size_t n;
@@ -169,38 +170,36 @@ struct basedirs {
 
 static int open_basedirs(const char *spec, struct basedirs *b)
 {
-	_cleanup_free_ char *copy = NULL;
-	char *save = NULL, *tok;
-	int fd;
+	char **dirs = NULL;
+	int n = cfs_basedirs_parse(spec, &dirs), r = 0;
 
 	b->n = 0;
-	fd = open(spec, O_RDONLY | O_CLOEXEC | O_DIRECTORY | O_PATH);
-	if (fd >= 0 || !strchr(spec, ':')) {
-		if (fd < 0) {
-			fprintf(stderr, "composefs-info: Can't open basedir '%s': %s\n", spec,
-				strerror(errno));
-			return -errno;
-		}
-		b->fds[b->n++] = fd;
-		return 0;
+	if (n == -EINVAL) {
+		fprintf(stderr, "composefs-info: --basedir '%s': an empty directory name in the list\n",
+			spec);
+		return n;
 	}
-	copy = strdup(spec);
-	if (!copy)
-		return -ENOMEM;
-	for (tok = strtok_r(copy, ":", &save); tok; tok = strtok_r(NULL, ":", &save)) {
-		if (b->n == ARRAY_SIZE(b->fds)) {
-			fprintf(stderr, "composefs-info: too many basedirs in '%s'\n", spec);
-			return -E2BIG;
-		}
-		fd = open(tok, O_RDONLY | O_CLOEXEC | O_DIRECTORY | O_PATH);
+	if (n < 0) {
+		fprintf(stderr, "composefs-info: --basedir '%s': %s\n", spec, strerror(-n));
+		return n;
+	}
+	if ((size_t)n > ARRAY_SIZE(b->fds)) {
+		fprintf(stderr, "composefs-info: too many basedirs in '%s'\n", spec);
+		r = -E2BIG;
+	}
+	for (int i = 0; r == 0 && i < n; i++) {
+		int fd = open(dirs[i], O_RDONLY | O_CLOEXEC | O_DIRECTORY | O_PATH);
+
 		if (fd < 0) {
-			fprintf(stderr, "composefs-info: Can't open basedir '%s': %s\n", tok,
-				strerror(errno));
-			return -errno;
+			r = -errno;
+			fprintf(stderr, "composefs-info: Can't open basedir '%s': %s\n", dirs[i],
+				strerror(-r));
+			break;
 		}
 		b->fds[b->n++] = fd;
 	}
-	return 0;
+	cfs_strv_free(dirs);
+	return r;
 }
 
 static void close_basedirs(struct basedirs *b)
@@ -282,7 +281,7 @@ static int measure_files(int nfiles, char **files)
 	return 0;
 }
 
-static int verify_images(int nimages, char **images, int argc, char **argv)
+static int verify_images(int nimages, char **images, const struct cfs_info_verify_options *vo)
 {
 	int worst = 0;
 
@@ -293,7 +292,7 @@ static int verify_images(int nimages, char **images, int argc, char **argv)
 		r = open_image(images[i], &img);
 		if (r < 0)
 			return r;
-		r = cfs_info_verify(img, images[i], arg_basedir, argc, argv);
+		r = cfs_info_verify(img, images[i], vo);
 		if (r < 0) {
 			fprintf(stderr, "composefs-info: Failed to verify '%s': %s\n", images[i],
 				strerror(-r));
@@ -332,6 +331,7 @@ int main(int argc, char **argv)
 		{},
 	};
 	struct basedirs bd = { .n = 0 };
+	struct cfs_info_verify_options vo = { 0 };
 	const char *cmd;
 	char **operands;
 	int nops, opt, r;
@@ -350,8 +350,11 @@ int main(int argc, char **argv)
 				return EXIT_FAILURE;
 			break;
 		case OPT_TREE_CACHE:
+			vo.tree_cache = optarg;
+			break;
 		case OPT_THREADS:
-			break; /* read by verify from argv */
+			vo.threads = optarg;
+			break;
 		case OPT_KEY:
 			arg_key = optarg;
 			break;
@@ -415,7 +418,8 @@ int main(int argc, char **argv)
 			r = print_image(operands[i],
 					strcmp(cmd, "ls") == 0 ? CFS_IMG_LIST_LS : CFS_IMG_LIST_DUMP);
 	} else if (strcmp(cmd, "verify") == 0) {
-		r = verify_images(nops, operands, argc, argv);
+		vo.basedir = arg_basedir;
+		r = verify_images(nops, operands, &vo);
 	} else {
 		r = list_objects(nops, operands, strcmp(cmd, "missing-objects") == 0, &bd);
 	}

@@ -209,22 +209,6 @@ static void print_escaped(FILE *f, const char *s)
 	}
 }
 
-static const char *opt_value(int argc, char **argv, const char *name)
-{
-	size_t n = strlen(name);
-	const char *v = NULL;
-
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--") == 0)
-			break;
-		if (strncmp(argv[i], name, n) == 0 && argv[i][n] == '=')
-			v = argv[i] + n + 1;
-		else if (strcmp(argv[i], name) == 0 && i + 1 < argc)
-			v = argv[++i];
-	}
-	return v;
-}
-
 static void free_ctx(struct verify_ctx *c)
 {
 	for (size_t i = 0; i < c->nobjs; i++)
@@ -251,16 +235,16 @@ static const char *status_word(enum obj_status s)
 	}
 }
 
-int cfs_info_verify(struct cfs_image *img, const char *image_path, const char *basedir, int argc,
-		    char **argv)
+int cfs_info_verify(struct cfs_image *img, const char *image_path,
+		    const struct cfs_info_verify_options *vopts)
 {
 	struct verify_ctx c = { .img = img };
 	/* Trees go beside the objects when the store is writable (where the
 	 * daemon looks first, for every user of the store), else to the cache. */
 	struct cfs_cas_options opts = { .verify = true, .store_trees = true };
 	_cleanup_free_ char *default_cache = NULL;
-	const char *cache = opt_value(argc, argv, "--tree-cache");
-	const char *threads_s = opt_value(argc, argv, "--threads");
+	const char *basedir = vopts->basedir, *cache = vopts->tree_cache;
+	const char *threads_s = vopts->threads;
 	size_t counts[OBJ_ERROR + 1] = { 0 };
 	bool tty = isatty(STDERR_FILENO);
 	pthread_t th[64];
@@ -297,14 +281,28 @@ int cfs_info_verify(struct cfs_image *img, const char *image_path, const char *b
 	r = cfs_cas_open(basedir, &opts, &c.cas);
 	if (r < 0 && opts.tree_cache_dir && cache == default_cache) {
 		/* the default cache location is a convenience, not a must */
-		fprintf(stderr, "composefs-info: not saving Merkle trees in '%s': %s\n", cache, strerror(-r));
+		fprintf(stderr, "composefs-info: not saving Merkle trees in '%s': %s\n", cache,
+			cfs_tree_cache_strerror(r));
 		opts.tree_cache_dir = NULL;
 		r = cfs_cas_open(basedir, &opts, &c.cas);
 	}
+	if (r < 0 && opts.tree_cache_dir) {
+		/* Which of the two: the store, or the tree cache? */
+		struct cfs_cas_options plain = opts;
+		struct cfs_cas *probe = NULL;
+
+		plain.tree_cache_dir = NULL;
+		if (cfs_cas_open(basedir, &plain, &probe) == 0) {
+			cfs_cas_unref(probe);
+			fprintf(stderr, "composefs-info: --tree-cache '%s': %s\n", opts.tree_cache_dir,
+				cfs_tree_cache_strerror(r));
+			free_ctx(&c);
+			return r;
+		}
+	}
 	if (r < 0) {
-		fprintf(stderr, "composefs-info: cannot open object store '%s'%s%s: %s\n", basedir,
-			opts.tree_cache_dir ? " with tree cache " : "",
-			opts.tree_cache_dir ? opts.tree_cache_dir : "", strerror(-r));
+		fprintf(stderr, "composefs-info: cannot open object store '%s': %s\n", basedir,
+			strerror(-r));
 		free_ctx(&c);
 		return r;
 	}

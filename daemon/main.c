@@ -182,44 +182,50 @@ static int parse_size(const char *s, uint64_t *ret_size)
 	return 0;
 }
 
-/* Resolve every directory of a colon-separated list; a missing one is an
- * error naming it. */
+/* Resolve every directory of a store list (cfs_basedirs_parse()); one that
+ * is missing, or an empty name in the list, is an error naming it. */
 static int resolve_basedirs(const char *list, char **ret_list)
 {
-	_cleanup_free_ char *copy = strdup(list), *out = NULL;
+	_cleanup_free_ char *out = NULL;
+	char **dirs = NULL;
 	size_t outlen = 0;
-	char *save = NULL;
+	int n = cfs_basedirs_parse(list, &dirs);
 
-	if (!copy)
-		return -ENOMEM;
-	for (char *p = strtok_r(copy, ":", &save); p; p = strtok_r(NULL, ":", &save)) {
+	if (n == -EINVAL) {
+		cfsd_log(FUSE_LOG_ERR, "basedir=%s: an empty directory name in the list\n", list);
+		return n;
+	}
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++) {
 		char real[PATH_MAX];
 		struct stat st;
-		size_t n;
+		size_t len;
 		char *grown;
 
-		if (!realpath(p, real) || stat(real, &st) < 0) {
-			cfsd_log(FUSE_LOG_ERR, "basedir '%s': %m\n", p);
+		if (!realpath(dirs[i], real) || stat(real, &st) < 0) {
+			cfsd_log(FUSE_LOG_ERR, "basedir '%s': %m\n", dirs[i]);
+			cfs_strv_free(dirs);
 			return -ENOENT;
 		}
 		if (!S_ISDIR(st.st_mode)) {
-			cfsd_log(FUSE_LOG_ERR, "basedir '%s': not a directory\n", p);
+			cfsd_log(FUSE_LOG_ERR, "basedir '%s': not a directory\n", dirs[i]);
+			cfs_strv_free(dirs);
 			return -ENOTDIR;
 		}
-		n = strlen(real);
-		grown = realloc(out, outlen + n + 2);
-		if (!grown)
+		len = strlen(real);
+		grown = realloc(out, outlen + len + 2);
+		if (!grown) {
+			cfs_strv_free(dirs);
 			return -ENOMEM;
+		}
 		out = grown;
 		if (outlen)
 			out[outlen++] = ':';
-		memcpy(out + outlen, real, n + 1);
-		outlen += n;
+		memcpy(out + outlen, real, len + 1);
+		outlen += len;
 	}
-	if (!out) {
-		cfsd_log(FUSE_LOG_ERR, "basedir= is empty\n");
-		return -EINVAL;
-	}
+	cfs_strv_free(dirs);
 	*ret_list = steal_ptr(&out);
 	return 0;
 }
@@ -511,7 +517,7 @@ static int open_cas_first(struct cfsd *d, const char *basedirs, struct cfs_cas_o
 		r = r2;
 		goto out; /* the store itself */
 	}
-	why = r == -EINVAL ? "inside an object store directory" : strerror(-r);
+	why = cfs_tree_cache_strerror(r);
 	if (explicit_dir) {
 		d->cas = cfs_cas_unref(d->cas);
 		cfsd_log(FUSE_LOG_ERR, "tree_cache '%s': %s\n", dir, why);
@@ -601,6 +607,12 @@ static int apply_options(const struct options *o, struct cfsd *d, struct cfs_cas
 	}
 	if (o->tree_cache_size && parse_size(o->tree_cache_size, &co->tree_cache_bytes) < 0) {
 		cfsd_log(FUSE_LOG_ERR, "tree_cache_size=%s: not a size\n", o->tree_cache_size);
+		return -EINVAL;
+	}
+	/* The library reads 0 as "the default": say so rather than mean it. */
+	if (o->tree_cache_size && co->tree_cache_bytes == 0) {
+		cfsd_log(FUSE_LOG_ERR, "tree_cache_size=%s: must be more than 0 (trees of objects "
+			 "being read are always kept; the bound is for the others)\n", o->tree_cache_size);
 		return -EINVAL;
 	}
 	if (o->threads) {

@@ -45,11 +45,17 @@ int cfsd_image_error(struct cfsd *d, uint64_t nid, const char *what, int err)
 		return ENOMEM;
 	/* Once per nid: a corrupt inode would otherwise log on every request. */
 	if (cfsd_first_error(d, nid | CFSD_ERR_IMAGE)) {
-		char where[1024];
+		char where[1024], why[256];
 
+		/* The reader's reason first: naming the nid walks the image,
+		 * which may fail too and replace this thread's detail. */
+		snprintf(why, sizeof(why), "%s",
+			 err == -EFSCORRUPTED || err == -EOPNOTSUPP ? cfs_img_error_detail() : "");
+		if (!why[0])
+			snprintf(why, sizeof(why), "%s",
+				 err == -EFSCORRUPTED ? "bad metadata" : strerror(-err));
 		cfsd_describe_nid(d, nid, where, sizeof(where));
-		cfsd_log(FUSE_LOG_ERR, "image: %s: %s is corrupt: %s\n", where, what,
-			 err == -EFSCORRUPTED ? "bad metadata" : strerror(-err));
+		cfsd_log(FUSE_LOG_ERR, "image: %s: %s is corrupt: %s\n", where, what, why);
 	}
 	return EIO;
 }
@@ -290,10 +296,19 @@ static int readdir_one(void *userdata, const char *name, size_t namelen, uint64_
 	memcpy(nbuf, name, namelen);
 	nbuf[namelen] = '\0';
 
-	if (dtype == DT_CHR || c->plus) {
-		r = cfs_img_read_inode(c->d->img, nid, &ci);
-		if (r < 0)
-			return r;
+	r = dtype == DT_CHR || c->plus ? cfs_img_read_inode(c->d->img, nid, &ci) : 1;
+	if (r == -ENOMEM)
+		return r;
+	if (r < 0) {
+		/* A child the reader refuses is the child's fault, not the
+		 * directory's: it is listed by name and type, without
+		 * attributes (its lookup fails with EIO), as the kernel's
+		 * erofs lists names without reading inodes. */
+		(void)cfsd_image_error(c->d, nid, "inode", r);
+		memset(&e, 0, sizeof(e));
+		e.attr.st_ino = cfsd_nid_to_ino(c->d->info.root_nid, nid);
+		e.attr.st_mode = DTTOIF(dtype);
+	} else if (r == 0) {
 		if (!dot && is_whiteout(&ci))
 			return 0;
 		fill_entry(c->d, &ci, &e);

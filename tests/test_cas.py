@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from conftest import run, tool
+from conftest import fuse_mount, run, tool
 
 BS = 4096
 
@@ -412,8 +412,31 @@ def test_verify_refuses_cache_inside_store(tmp):
     files, objs, img = make_image(tmp)
     p = info_verify(img, objs, f"--tree-cache={objs}/cache")
     assert p.returncode != 0
-    assert b"Invalid argument" in p.stderr
+    assert f"--tree-cache '{objs}/cache': inside an object store directory".encode() in p.stderr
     assert not os.path.exists(objs / "cache")  # nothing created in the store
+    # any other refusal says its own reason, and blames the cache, not the store
+    p = info_verify(img, objs, f"--tree-cache={tmp}/new/../cache")
+    assert p.returncode != 0
+    assert b"'.' or '..'" in p.stderr and b"object store" not in p.stderr, p.stderr
+
+
+def test_verify_options_as_getopt_reads_them(tmp):
+    """--thread=N and --tree-c=DIR (abbreviations getopt accepts) mean what
+    the full names mean: verify used to look for the full names in argv."""
+    files, objs, img = make_image(tmp)
+    p = info_verify(img, objs, "--thread=1000")
+    assert p.returncode != 0 and b"invalid --threads '1000'" in p.stderr, p.stderr
+    shutil.rmtree(objs / ".cfs-trees")
+    ro = tmp / "ro"                      # a store it cannot write: trees go to the cache
+    ro.mkdir()
+    run(["mount", "--bind", str(objs), str(ro)])
+    try:
+        run(["mount", "-o", "remount,bind,ro", str(ro)])
+        p = info_verify(img, ro, f"--tree-c={tmp / 'abbrev'}", "--thread", "1")
+    finally:
+        run(["umount", str(ro)])
+    assert p.returncode == 0, p.stderr
+    assert len(os.listdir(tmp / "abbrev")) == 2
 
 
 def test_verify_progress_on_a_terminal(tmp):
@@ -440,3 +463,30 @@ def test_verify_progress_on_a_terminal(tmp):
     assert p.returncode == 0
     assert b"\rverify: " in err and b"/3 objects" in err
     assert b"3 ok" in err
+
+
+def test_basedir_lists_read_alike(tmp):
+    """Store lists are read one way by every tool: an empty name is refused
+    by missing-objects, verify and the daemon alike (A::A used to pass one
+    and fail the other), and a store whose own name has a ':' is that one
+    directory for all of them (upstream's tools take one directory)."""
+    files, objs, img = make_image(tmp)
+    spec = f"{objs}::{objs}"
+    for cmd in ("missing-objects", "verify"):
+        p = run([tool("composefs-info"), f"--basedir={spec}", cmd, img], check=False)
+        assert p.returncode != 0 and b"empty directory name" in p.stderr, (cmd, p.stderr)
+    mnt = tmp / "mnt"
+    mnt.mkdir()
+    p = run([tool("composefs-fuse"), "-f", "-o", f"basedir={spec}", img, mnt], check=False,
+            timeout=30)
+    assert p.returncode != 0 and b"empty directory name" in p.stderr, p.stderr
+    assert not os.path.ismount(mnt)
+
+    colon = tmp / "st:ore"
+    shutil.copytree(objs, colon)
+    for cmd in ("missing-objects", "verify"):
+        p = run([tool("composefs-info"), f"--basedir={colon}", cmd, img], check=False)
+        assert p.returncode == 0 and p.stdout == b"", (cmd, p.stderr)
+    with fuse_mount(img, basedir=str(colon), options=["passthrough=off"]) as (fmnt, proc):
+        with open(os.path.join(fmnt, "big"), "rb") as f:
+            assert f.read() == files["big"]

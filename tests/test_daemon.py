@@ -648,6 +648,11 @@ def test_explicit_tree_cache_unusable_is_an_error(gen_tree, tmp_path):
     _fails_before_mount(lambda m: ["-o", f"basedir={objs},tree_cache={inside}", img, m],
                         "inside an object store", tmp_path)
     assert not os.path.exists(inside)
+    # another refusal of the path is not called "inside an object store"
+    dots = str(tmp_path / "new" / ".." / "trees")
+    err = _fails_before_mount(lambda m: ["-o", f"basedir={objs},tree_cache={dots}", img, m],
+                              "'.' or '..'", tmp_path)
+    assert "inside an object store" not in err, err
 
 
 def test_read_only(gen_tree):
@@ -687,6 +692,7 @@ def _fails_before_mount(args, what, tmp_path):
     err = p.stderr.decode()
     assert what in err, err
     assert len(err.strip().splitlines()) == 1, err
+    return err
 
 
 def test_startup_errors(gen_tree, tmp_path):
@@ -714,6 +720,9 @@ def test_startup_errors(gen_tree, tmp_path):
     _fails_before_mount(lambda m: ["-o", "tree_cache_size=-1", img, m], "tree_cache_size=-1",
                         tmp_path)
     _fails_before_mount(lambda m: ["-o", "tree_cache_size=16X", img, m], "not a size", tmp_path)
+    # 0 meant the 64 MiB default without a word
+    _fails_before_mount(lambda m: ["-o", "tree_cache_size=0", img, m],
+                        "tree_cache_size=0: must be more than 0", tmp_path)
     _fails_before_mount(lambda m: ["-o", "io=fast", img, m], "expected auto, uring or pread",
                         tmp_path)
     _fails_before_mount(lambda m: ["-o", "threads=-1", img, m], "threads=-1", tmp_path)
@@ -1047,13 +1056,16 @@ def test_corrupted_image_never_crashes(gen_tree, tmp_path, seed):
           f"{len(err.splitlines())} log lines")
 
 
-def test_corrupt_inode_logged_once_with_its_path(tmp_path):
-    """An inode the reader refuses makes every lookup of its name fail with
-    EIO; the daemon says so once, naming the file's path, not once per
-    request (nor never, as lookups did)."""
+def _image_with_corrupt_victim(tmp_path, chardev=False):
+    """An image of d/victim (a file, or a character device) and d/fine whose
+    victim inode has a data layout that does not exist (7): the reader
+    refuses that inode only."""
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
-    _w(str(src / "d" / "victim"), b"v" * 100)
+    if chardev:
+        os.mknod(src / "d" / "victim", stat.S_IFCHR | 0o644, os.makedev(1, 3))
+    else:
+        _w(str(src / "d" / "victim"), b"v" * 100)
     _w(str(src / "d" / "fine"), b"f" * 100)
     img = str(tmp_path / "img.cfs")
     run([tool("mkcomposefs"), str(src), img])
@@ -1065,6 +1077,37 @@ def test_corrupt_inode_logged_once_with_its_path(tmp_path):
     i_format = int.from_bytes(data[off:off + 2], "little")
     data[off:off + 2] = (i_format | 0xe).to_bytes(2, "little")   # data layout 7: none such
     _w(img, bytes(data))
+    return img
+
+
+def test_corrupt_child_in_a_listing_is_named(tmp_path):
+    """A listing of a directory with a corrupt child shows every name, the
+    child without attributes, as the kernel's erofs lists names without
+    reading inodes; stat of the child fails with EIO, and the log names the
+    child's inode, not the directory.  The child is a character device,
+    whose inode a listing reads even without READDIRPLUS (it could be a
+    whiteout, which is not listed)."""
+    img = _image_with_corrupt_victim(tmp_path, chardev=True)
+    with fuse_mount(img, options=["passthrough=off", "timeout=0"]) as (mnt, proc):
+        d = os.path.join(mnt, "d")
+        assert sorted(os.listdir(d)) == ["fine", "victim"]
+        assert sorted(e.name for e in os.scandir(d)) == ["fine", "victim"]
+        with pytest.raises(OSError) as e:
+            os.lstat(os.path.join(d, "victim"))
+        assert e.value.errno == errno.EIO
+        assert os.path.getsize(os.path.join(d, "fine")) == 100
+    lines = [l for l in proc.stderr_text.splitlines() if "is corrupt" in l]
+    assert len(lines) == 1, proc.stderr_text
+    # the reader's own reason, not one the naming walk left behind
+    assert "/d/victim: inode is corrupt: inode nid" in lines[0], lines
+    assert "unknown data layout 7" in lines[0], lines
+
+
+def test_corrupt_inode_logged_once_with_its_path(tmp_path):
+    """An inode the reader refuses makes every lookup of its name fail with
+    EIO; the daemon says so once, naming the file's path, not once per
+    request (nor never, as lookups did)."""
+    img = _image_with_corrupt_victim(tmp_path)
     with fuse_mount(img, options=["passthrough=off", "timeout=0"]) as (mnt, proc):
         for _ in range(5):
             with pytest.raises(OSError) as e:
@@ -1073,7 +1116,9 @@ def test_corrupt_inode_logged_once_with_its_path(tmp_path):
         assert os.path.getsize(os.path.join(mnt, "d", "fine")) == 100
     lines = [l for l in proc.stderr_text.splitlines() if "is corrupt" in l]
     assert len(lines) == 1, proc.stderr_text
-    assert "/d/victim: inode is corrupt" in lines[0], lines
+    # the reader's own reason, not one the naming walk left behind
+    assert "/d/victim: inode is corrupt: inode nid" in lines[0], lines
+    assert "unknown data layout 7" in lines[0], lines
 
 
 def test_error_log_is_bounded(tmp_path):

@@ -881,7 +881,7 @@ static void test_tree_cache(void)
 		struct cfs_cas_options bad = { .verify = true, .tree_cache_dir = inside };
 		struct cfs_cas *cas = NULL;
 
-		CHECK_EQ(cfs_cas_open(store, &bad, &cas), -EINVAL);
+		CHECK_EQ(cfs_cas_open(store, &bad, &cas), -EXDEV);
 	}
 	free(cfile);
 	free_object(&o);
