@@ -19,7 +19,7 @@ ninja -C "$build"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 
-meson test -C "$build" --print-errorlogs
+meson test -C "$build" --print-errorlogs --no-suite integration
 
 # The verification engine is shared by every FUSE worker thread: its unit
 # test runs under ThreadSanitizer too.
