@@ -28,10 +28,8 @@
 
 #include "cfsd.h"
 
-#define OVL_PREFIX "trusted.overlay."
-#define OVL_PREFIX_LEN (sizeof(OVL_PREFIX) - 1)
-#define OVL_ESCAPED "trusted.overlay.overlay."
-#define OVL_ESCAPED_LEN (sizeof(OVL_ESCAPED) - 1)
+#define OVL_PREFIX_LEN (sizeof(CFS_OVL_PREFIX) - 1)
+#define OVL_ESCAPED_LEN (sizeof(CFS_OVL_ESCAPED_PREFIX) - 1)
 #define EROFS_NAME_LEN 255
 
 static struct cfsd *req_cfsd(fuse_req_t req)
@@ -394,11 +392,11 @@ static const char *visible_xattr(const char *stored, char *buf, size_t bufsz, bo
 {
 	if (strncmp(stored, "trusted.", 8) == 0 && !show_trusted)
 		return NULL;
-	if (strncmp(stored, OVL_PREFIX, OVL_PREFIX_LEN) != 0)
+	if (strncmp(stored, CFS_OVL_PREFIX, OVL_PREFIX_LEN) != 0)
 		return stored;
-	if (strncmp(stored, OVL_ESCAPED, OVL_ESCAPED_LEN) != 0 || stored[OVL_ESCAPED_LEN] == '\0')
+	if (strncmp(stored, CFS_OVL_ESCAPED_PREFIX, OVL_ESCAPED_LEN) != 0 || stored[OVL_ESCAPED_LEN] == '\0')
 		return NULL; /* overlay-internal */
-	if ((size_t)snprintf(buf, bufsz, "%s%s", OVL_PREFIX, stored + OVL_ESCAPED_LEN) >= bufsz)
+	if ((size_t)snprintf(buf, bufsz, "%s%s", CFS_OVL_PREFIX, stored + OVL_ESCAPED_LEN) >= bufsz)
 		return NULL;
 	return buf;
 }
@@ -406,11 +404,11 @@ static const char *visible_xattr(const char *stored, char *buf, size_t bufsz, bo
 /* Map a requested name to the stored one; NULL if it cannot exist. */
 static const char *stored_xattr(const char *name, char *buf, size_t bufsz)
 {
-	if (strncmp(name, OVL_PREFIX, OVL_PREFIX_LEN) != 0)
+	if (strncmp(name, CFS_OVL_PREFIX, OVL_PREFIX_LEN) != 0)
 		return name;
 	if (name[OVL_PREFIX_LEN] == '\0')
 		return NULL;
-	if ((size_t)snprintf(buf, bufsz, "%s%s", OVL_ESCAPED, name + OVL_PREFIX_LEN) >= bufsz)
+	if ((size_t)snprintf(buf, bufsz, "%s%s", CFS_OVL_ESCAPED_PREFIX, name + OVL_PREFIX_LEN) >= bufsz)
 		return NULL;
 	return buf;
 }

@@ -67,6 +67,15 @@ struct cfs_backing {
 	size_t redirect_len;
 };
 
+/* The overlayfs xattrs of a composefs image.  Names under CFS_OVL_PREFIX
+ * belong to overlayfs (redirect, metacopy, whiteout markers...); a file's
+ * own trusted.overlay.* xattr is stored escaped, under
+ * CFS_OVL_ESCAPED_PREFIX, and shown unescaped. */
+#define CFS_OVL_PREFIX "trusted.overlay."
+#define CFS_OVL_ESCAPED_PREFIX "trusted.overlay.overlay."
+#define CFS_OVL_REDIRECT CFS_OVL_PREFIX "redirect"
+#define CFS_OVL_METACOPY CFS_OVL_PREFIX "metacopy"
+
 /* Open: validate header, superblock, region bounds and the root inode.
  * cfs_img_open_fd() reads the whole image into memory owned by the image
  * (so later changes to the file cannot change what is served).

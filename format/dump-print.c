@@ -28,9 +28,6 @@
 #define XATTR_NAME_MAX_LEN 255
 #define XATTR_SIZE_LIMIT UINT16_MAX /* upstream's per-inode xattr budget */
 
-#define OVL_PREFIX "trusted.overlay."
-#define OVL_ESCAPE_PREFIX "trusted.overlay.overlay."
-
 struct dxattr {
 	char *name;
 	const uint8_t *value; /* borrowed from the image */
@@ -281,7 +278,7 @@ static int load_xattr_cb(void *userdata, uint8_t index, const char *suffix, size
 	memcpy(name + plen, suffix, suffix_len);
 	name[plen + suffix_len] = '\0'; /* an embedded NUL shortens it, as upstream */
 
-	if (strcmp(name, OVL_PREFIX "redirect") == 0) {
+	if (strcmp(name, CFS_OVL_REDIRECT) == 0) {
 		if (S_ISREG(n->mode)) {
 			size_t avail = value_len, sz;
 			const uint8_t *v = value;
@@ -313,7 +310,7 @@ static int load_xattr_cb(void *userdata, uint8_t index, const char *suffix, size
 		free(name);
 		return 0;
 	}
-	if (strcmp(name, OVL_PREFIX "metacopy") == 0) {
+	if (strcmp(name, CFS_OVL_METACOPY) == 0) {
 		if (S_ISREG(n->mode) && value_len == 4 + CFS_DIGEST_SIZE) {
 			memcpy(n->digest, value + 4, CFS_DIGEST_SIZE);
 			n->digest_set = true;
@@ -321,26 +318,26 @@ static int load_xattr_cb(void *userdata, uint8_t index, const char *suffix, size
 		free(name);
 		return 0;
 	}
-	if (strcmp(name, OVL_ESCAPE_PREFIX "whiteout") == 0 && S_ISREG(n->mode)) {
+	if (strcmp(name, CFS_OVL_ESCAPED_PREFIX "whiteout") == 0 && S_ISREG(n->mode)) {
 		n->mode = (n->mode & ~(uint32_t)S_IFMT) | S_IFCHR;
 		n->rdev = 0;
 		n->size = 0;
 		free(name);
 		return 0;
 	}
-	if (strcmp(name, OVL_ESCAPE_PREFIX "whiteouts") == 0 ||
+	if (strcmp(name, CFS_OVL_ESCAPED_PREFIX "whiteouts") == 0 ||
 	    strcmp(name, "user.overlay.whiteout") == 0 || strcmp(name, "user.overlay.whiteouts") == 0) {
 		free(name);
 		return 0;
 	}
-	if (has_prefix(name, OVL_PREFIX)) {
-		if (!has_prefix(name, OVL_ESCAPE_PREFIX)) {
+	if (has_prefix(name, CFS_OVL_PREFIX)) {
+		if (!has_prefix(name, CFS_OVL_ESCAPED_PREFIX)) {
 			free(name);
 			return 0; /* internal to overlayfs */
 		}
 		/* trusted.overlay.overlay.X -> trusted.overlay.X */
-		memmove(name + strlen("trusted."), name + strlen(OVL_PREFIX),
-			strlen(name) - strlen(OVL_PREFIX) + 1);
+		memmove(name + strlen("trusted."), name + strlen(CFS_OVL_PREFIX),
+			strlen(name) - strlen(CFS_OVL_PREFIX) + 1);
 	}
 	return node_set_xattr(n, name, value, value_len);
 }

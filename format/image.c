@@ -1298,8 +1298,6 @@ int cfs_img_get_xattr(const struct cfs_image *img, const struct cfs_inode *ino, 
 /* ------------------------------------------------------------------ */
 /* Overlay metadata of external files                                   */
 
-#define OVL_METACOPY_NAME "trusted.overlay.metacopy"
-#define OVL_REDIRECT_NAME "trusted.overlay.redirect"
 #define OVL_METACOPY_HDR 4
 #define FS_VERITY_ALG_SHA256 1
 
@@ -1316,7 +1314,7 @@ int cfs_img_get_backing(const struct cfs_image *img, const struct cfs_inode *ino
 		return 0;
 	}
 
-	r = cfs_img_get_xattr(img, ino, OVL_METACOPY_NAME, &v, &len);
+	r = cfs_img_get_xattr(img, ino, CFS_OVL_METACOPY, &v, &len);
 	if (r < 0 && r != -ENODATA)
 		return r;
 	if (r == 0) {
@@ -1337,7 +1335,7 @@ int cfs_img_get_backing(const struct cfs_image *img, const struct cfs_inode *ino
 		}
 	}
 
-	r = cfs_img_get_xattr(img, ino, OVL_REDIRECT_NAME, &v, &len);
+	r = cfs_img_get_xattr(img, ino, CFS_OVL_REDIRECT, &v, &len);
 	if (r < 0 && r != -ENODATA)
 		return r;
 	if (r == 0) {

@@ -30,9 +30,6 @@
 #define BLKSZ_BITS 12
 #define SLOTSZ EROFS_SLOTSIZE
 
-#define OVL_PREFIX "trusted.overlay."
-#define OVL_ESCAPED_PREFIX "trusted.overlay.overlay."
-
 static inline uint64_t round_up_u64(uint64_t x, uint64_t a)
 {
 	return (x + a - 1) & ~(a - 1);
@@ -198,9 +195,9 @@ static int add_overlay_xattrs(struct wctx *w, struct cfs_node *node)
 	 * otherwise interpret them. */
 	for (size_t i = 0; i < node->n_xattrs; i++) {
 		struct cfs_xattr *x = &node->xattrs[i];
-		if (!cfs_has_prefix(x->key, OVL_PREFIX))
+		if (!cfs_has_prefix(x->key, CFS_OVL_PREFIX))
 			continue;
-		char *k = cfs_strdup_printf(OVL_ESCAPED_PREFIX "%s", x->key + strlen(OVL_PREFIX));
+		char *k = cfs_strdup_printf(CFS_OVL_ESCAPED_PREFIX "%s", x->key + strlen(CFS_OVL_PREFIX));
 		if (!k)
 			return -ENOMEM;
 		free(x->key);
@@ -219,14 +216,14 @@ static int add_overlay_xattrs(struct wctx *w, struct cfs_node *node)
 			mc[3] = 1;              /* FS_VERITY_HASH_ALG_SHA256 */
 			memcpy(mc + 4, node->digest, CFS_DIGEST_SIZE);
 		}
-		r = cfs_node_set_xattr(node, OVL_PREFIX "metacopy", mc, mc_len);
+		r = cfs_node_set_xattr(node, CFS_OVL_METACOPY, mc, mc_len);
 		if (r < 0)
 			return r;
 		if (node->payload && node->payload[0]) {
 			_cleanup_free_ char *redirect = cfs_strdup_printf("/%s", node->payload);
 			if (!redirect)
 				return -ENOMEM;
-			r = cfs_node_set_xattr(node, OVL_PREFIX "redirect", redirect, strlen(redirect));
+			r = cfs_node_set_xattr(node, CFS_OVL_REDIRECT, redirect, strlen(redirect));
 			if (r < 0)
 				return r;
 		}
@@ -239,13 +236,13 @@ static int add_overlay_xattrs(struct wctx *w, struct cfs_node *node)
 		 * overlayfs presents as a whiteout. */
 		node->size = 0;
 		node->mode = S_IFREG | (node->mode & ~(uint32_t)S_IFMT);
-		if ((r = cfs_node_set_xattr(node, OVL_ESCAPED_PREFIX "whiteout", "", 0)) < 0 ||
+		if ((r = cfs_node_set_xattr(node, CFS_OVL_ESCAPED_PREFIX "whiteout", "", 0)) < 0 ||
 		    (r = cfs_node_set_xattr(node, "user.overlay.whiteout", "", 0)) < 0 ||
-		    (r = cfs_node_set_xattr(parent, OVL_ESCAPED_PREFIX "whiteouts", "", 0)) < 0 ||
+		    (r = cfs_node_set_xattr(parent, CFS_OVL_ESCAPED_PREFIX "whiteouts", "", 0)) < 0 ||
 		    (r = cfs_node_set_xattr(parent, "user.overlay.whiteouts", "", 0)) < 0)
 			return r;
 		if (w->version >= 1) {
-			if ((r = cfs_node_set_xattr(parent, OVL_ESCAPED_PREFIX "opaque", "x", 1)) < 0 ||
+			if ((r = cfs_node_set_xattr(parent, CFS_OVL_ESCAPED_PREFIX "opaque", "x", 1)) < 0 ||
 			    (r = cfs_node_set_xattr(parent, "user.overlay.opaque", "x", 1)) < 0)
 				return r;
 		}
@@ -965,7 +962,7 @@ int cfs_write_image(struct cfs_node *root, const struct cfs_write_options *opts,
 	r = rewrite_node(&w, root, root);
 	if (r < 0)
 		return r;
-	r = cfs_node_set_xattr(root, OVL_PREFIX "opaque", "y", 1);
+	r = cfs_node_set_xattr(root, CFS_OVL_PREFIX "opaque", "y", 1);
 	if (r < 0)
 		return r;
 	r = add_root_whiteouts(root);
