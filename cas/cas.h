@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "../format/cfs-util.h"
+#include "cfs-util.h"
 
 #define CFS_VERITY_BLOCK_SIZE 4096
 
@@ -79,11 +79,6 @@ struct cfs_cas_options {
 	                                         is writable, else the tree cache */
 };
 
-/* $XDG_CACHE_HOME/composefs-fuse, else HOME/.cache/composefs-fuse
- * (malloc'ed), HOME being $HOME unless that is an existing directory
- * another user owns (mount.fuse3 sets HOME=/root), then the passwd
- * entry's home.  -ENOENT if no home is known. */
-int cfs_tree_cache_default_dir(char **ret_dir);
 /* The reason cfs_cas_open() refused a tree_cache_dir, in words: its -EXDEV
  * and -EINVAL are specific (see struct cfs_cas_options), the rest strerror(). */
 const char *cfs_tree_cache_strerror(int r);

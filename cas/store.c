@@ -8,7 +8,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/openat2.h>
-#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -217,42 +216,6 @@ void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret_stats)
 	ret_stats->lru_bytes = cas->trees.bytes;
 	ret_stats->idle_objects = cas->n_idle;
 	pthread_mutex_unlock(&cas->lock);
-}
-
-/* The home directory of the calling user: $HOME unless it is an existing
- * directory someone else owns (mount.fuse3 and sudo hand an ordinary user
- * HOME=/root), then the passwd entry's. */
-static const char *own_home(char *buf, size_t size)
-{
-	const char *home = getenv("HOME");
-	struct passwd pw, *res = NULL;
-	struct stat st;
-
-	if (home && home[0] == '/' && (stat(home, &st) < 0 || st.st_uid == geteuid()))
-		return home;
-	if (getpwuid_r(geteuid(), &pw, buf, size, &res) == 0 && res && res->pw_dir &&
-	    res->pw_dir[0] == '/')
-		return res->pw_dir;
-	return home && home[0] == '/' ? home : NULL;
-}
-
-int cfs_tree_cache_default_dir(char **ret_dir)
-{
-	const char *xdg = getenv("XDG_CACHE_HOME"), *home;
-	char *s = NULL, pwbuf[4096];
-
-	/* XDG basedir spec: a relative XDG_CACHE_HOME is invalid, ignore it. */
-	if (xdg && xdg[0] == '/') {
-		if (asprintf(&s, "%s/composefs-fuse", xdg) < 0)
-			return -ENOMEM;
-	} else if ((home = own_home(pwbuf, sizeof(pwbuf)))) {
-		if (asprintf(&s, "%s/.cache/composefs-fuse", home) < 0)
-			return -ENOMEM;
-	} else {
-		return -ENOENT;
-	}
-	*ret_dir = s;
-	return 0;
 }
 
 /*

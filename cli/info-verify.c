@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cas.h"
+#include "cfs-tools.h"
 #include "info-verify.h"
 
 enum obj_status {

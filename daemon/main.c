@@ -32,6 +32,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cfs-tools.h"
 #include "cfsd.h"
 
 struct options {

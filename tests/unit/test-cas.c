@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cas-internal.h"
+#include "cfs-tools.h"
 
 #define CHECK(cond)                                                                        \
 	do {                                                                               \
