@@ -14,6 +14,7 @@ import pytest
 
 from conftest import (CONFORMANCE, REPO, assert_same_tree, kernel_mount, needs_root, run, snapshot,
                       tool)
+from erofs_layout import sb_get
 
 DUMPS = os.path.join(CONFORMANCE, "dumps")
 IMAGES = os.path.join(CONFORMANCE, "images")
@@ -149,7 +150,7 @@ def test_composefs_dump_rejects_garbage(tmp):
     # damage found while reading the tree is named too: the root
     # directory's first dirent claims a name offset inside the dirents
     data = bytearray(open(os.path.join(IMAGES, "special.cfs"), "rb").read())
-    root_nid = int.from_bytes(data[1024 + 14:1024 + 16], "little")
+    root_nid = sb_get(data, "root_nid")
     ino = 32 * root_nid  # nid 0 is byte 0: meta_blkaddr is 0 in mkcomposefs images
     isize = 32 if not (data[ino] & 1) else 64
     icount = int.from_bytes(data[ino + 2:ino + 4], "little")

@@ -16,6 +16,7 @@ import tempfile
 import pytest
 
 from conftest import CONFORMANCE, DATA, SUSPICIOUS, is_root, needs_root, run, tool
+from erofs_layout import COMPAT_SB_CHKSUM, sb_get, sb_offset, sb_set
 
 IMAGES = sorted(glob.glob(os.path.join(CONFORMANCE, "images", "*.cfs")) +
                 glob.glob(os.path.join(DATA, "reader", "*.cfs")))
@@ -274,17 +275,17 @@ def corruptions():
     mut("header-magic", lambda i: i.data.__setitem__(0, i.data[0] ^ 1), "composefs")
     mut("header-version", lambda i: struct.pack_into("<I", i.data, 4, 2), "version")
     mut("erofs-magic", lambda i: i.data.__setitem__(1024, 0), "magic")
-    mut("blkszbits", lambda i: i.data.__setitem__(1024 + 12, 9), "block size")
-    mut("incompat-device-table", lambda i: struct.pack_into("<I", i.data, 1024 + 80, 0x8),
+    mut("blkszbits", lambda i: sb_set(i.data, "blkszbits", 9), "block size")
+    mut("incompat-device-table", lambda i: sb_set(i.data, "feature_incompat", 0x8),
         "device_table")
-    mut("incompat-unknown", lambda i: struct.pack_into("<I", i.data, 1024 + 80, 1 << 30),
+    mut("incompat-unknown", lambda i: sb_set(i.data, "feature_incompat", 1 << 30),
         "unknown")
-    mut("sb-checksum", lambda i: i.data.__setitem__(1024 + 8, i.data[1024 + 8] | 1), "checksum")
-    mut("meta-blkaddr", lambda i: struct.pack_into("<I", i.data, 1024 + 40, 0xffffff), None)
-    mut("root-nid-beyond", lambda i: struct.pack_into("<H", i.data, 1024 + 14, 0xffff), "root")
-    mut("root-nid-file", lambda i: struct.pack_into("<H", i.data, 1024 + 14, i.find("xattrs")),
+    mut("sb-checksum", lambda i: sb_set(i.data, "feature_compat", sb_get(i.data, "feature_compat") | 1), "checksum")
+    mut("meta-blkaddr", lambda i: sb_set(i.data, "meta_blkaddr", 0xffffff), None)
+    mut("root-nid-beyond", lambda i: sb_set(i.data, "root_nid", 0xffff), "root")
+    mut("root-nid-file", lambda i: sb_set(i.data, "root_nid", i.find("xattrs")),
         "not a directory")
-    mut("root-nid-misaligned", lambda i: struct.pack_into("<H", i.data, 1024 + 14, i.root + 1))
+    mut("root-nid-misaligned", lambda i: sb_set(i.data, "root_nid", i.root + 1))
 
     def dirent(name, val, field="nameoff", msg=None):
         def f(i):
@@ -539,9 +540,9 @@ def test_superblock_checksum_is_verified(tmp):
     img = str(tmp / "img.cfs")
     erofs_as_composefs(raw, img)
     data = bytearray(open(img, "rb").read())
-    assert u32(data, 1024 + 8) & 1  # EROFS_FEATURE_COMPAT_SB_CHKSUM
+    assert sb_get(data, "feature_compat") & COMPAT_SB_CHKSUM
     assert info("ls", img).stdout == b"/f\n"
-    data[1024 + 64] ^= 0x20  # volume_name
+    data[sb_offset("volume_name")] ^= 0x20
     open(img, "wb").write(data)
     p = info("ls", img, check=False)
     assert p.returncode == 1 and b"checksum" in p.stderr
