@@ -73,6 +73,12 @@ static int dir_entry(const struct cfs_image *img, const struct dir_block *b, uns
 	size_t first = b->ndirents * sizeof(struct erofs_disk_dirent);
 	uint64_t off;
 
+	/* Set on every path, failures included (the callers' compilers
+	 * cannot follow the error returns at -O3). */
+	*ret_name = NULL;
+	*ret_namelen = 0;
+	*ret_nid = 0;
+	*ret_ft = 0;
 	if (nameoff < first || nameoff >= b->len)
 		goto bad_name;
 	if (i + 1 < b->ndirents) {

@@ -49,6 +49,7 @@ static int xattr_entry(const struct cfs_image *img, uint64_t nid, uint64_t off, 
 	struct erofs_disk_xattr_entry e;
 	uint64_t end;
 
+	*ret = (struct xentry){ 0 }; /* on every path (see dir_entry()) */
 	if (!p)
 		goto bad;
 	memcpy(&e, p, sizeof(e));

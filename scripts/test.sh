@@ -21,6 +21,14 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 
 meson test -C "$build" --print-errorlogs --no-suite integration
 
+# A release build (-O3) with warnings as errors too: its optimizer warns
+# about things the debug build does not see.
+rel=$build-release
+if [ ! -f "$rel/build.ninja" ]; then
+	meson setup "$rel" --werror --buildtype=release >/dev/null
+fi
+ninja -C "$rel"
+
 # The verification engine is shared by every FUSE worker thread: its unit
 # test runs under ThreadSanitizer too.
 tsan=$build-tsan
