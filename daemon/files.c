@@ -810,6 +810,7 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	const struct cfsd_stats *s = &d->stats;
 	struct cfs_cas_stats cs = { 0 };
 	const char *sep = "";
+	uint64_t push_pending;
 
 	/* The object store's own counters (all 0 without basedir=). */
 	if (d->cas)
@@ -845,6 +846,10 @@ void cfsd_stats_print(struct cfsd *d, FILE *out)
 	put(out, "read_bytes", atomic_load(&s->read_bytes));
 	put(out, "read_errors", atomic_load(&s->read_errors));
 	put(out, "pushed_bytes", atomic_load(&s->pushed_bytes));
+	pthread_mutex_lock(&d->files->push_lock);
+	push_pending = d->files->push_bytes;
+	pthread_mutex_unlock(&d->files->push_lock);
+	put(out, "push_pending_bytes", push_pending);
 	put(out, "uring_requests", cfsd_uring_requests());
 	put(out, "lookups", atomic_load(&s->lookups));
 	put(out, "readdirs", atomic_load(&s->readdirs));
