@@ -1,9 +1,14 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * composefs-fuse internals shared by main.c (startup), log.c (messages and
- * sd_notify), ops.c (metadata operations), files.c (open files and the data
- * path), passthrough.c (kernel passthrough on libfuse versions without an
- * API for it) and uring.c (FUSE over io_uring).
+ * composefs-fuse internals.  Files, each calling only those below it:
+ *   main.c, options.c, lifecycle.c   startup, options, the process around the mount
+ *   stats.c                          the stats_file= report
+ *   ops.c                            the request table, metadata operations
+ *   files.c, xattr.c                 open files and the data path; xattrs
+ *   push.c                           verified data into the page cache
+ *   inode.c, buffer.c                inode numbers, image errors; reply buffers
+ *   passthrough.c, uring.c           what libfuse 3.14 lacks (passthrough, io_uring)
+ *   log.c                            messages, failures logged once, sd_notify
  */
 #pragma once
 
@@ -100,6 +105,8 @@ static inline const char *cfsd_passthrough_name(enum cfsd_passthrough p)
 }
 
 struct cfsd_files;
+struct cfsd_push;
+struct cfsd_logged;
 
 #define CFSD_MAX_THREADS 1024
 
@@ -112,7 +119,9 @@ struct cfsd {
 	double timeout;      /* entry/attr timeout, seconds */
 	unsigned max_threads; /* threads=, 0: libfuse's default */
 	struct fuse_session *se;
-	struct cfsd_files *files;
+	struct cfsd_files *files;  /* files.c: open inodes, the open mode */
+	struct cfsd_push *push;    /* push.c: verified data for the page cache */
+	struct cfsd_logged *logged; /* log.c: failures already logged */
 	struct cfsd_stats stats;
 	atomic_bool logged_datapath;
 	bool notify;         /* send READY=1 to $NOTIFY_SOCKET once up */
@@ -143,28 +152,14 @@ void cfsd_log_to_syslog(void);
 /* sd_notify protocol: send @msg to $NOTIFY_SOCKET if set.  Returns 0, 1 if
  * unset, or -errno. */
 int cfsd_notify(const char *msg);
+/* With $NOTIFY_SOCKET: tell the service manager STATUS=@state and the
+ * counts (objects opened with verification, files with errors); sent at READY, on each
+ * newly logged error and at stop. */
+void cfsd_notify_status(struct cfsd *d, const char *state);
 
-/* ops.c */
-extern const struct fuse_lowlevel_ops cfsd_ops;
-/* Find out whether the image holds xattrs a reader could see and POSIX
- * ACLs (one walk over every inode, before mounting). */
-int cfsd_scan_xattrs(struct cfsd *d);
-/* Read inode @ino into @ret.  -ESTALE/-EFSCORRUPTED on bad numbers. */
-int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret_inode);
-/* Best effort: the path of @nid in the image for log messages ("/a/b"), or
- * "nid N" if it cannot be found.  Walks the tree; only used on errors. */
-void cfsd_describe_nid(struct cfsd *d, uint64_t nid, char *buf, size_t bufsz);
-
-/* Log that the image metadata of @nid (@what: "inode", "directory", ...)
- * is unusable, once per nid and naming its path; returns the positive errno
- * to reply with (ENOMEM or EIO). */
-int cfsd_image_error(struct cfsd *d, uint64_t nid, const char *what, int err);
-
-/* files.c */
-int cfsd_files_new(struct cfsd *d);
-/* Stop the threads of files.c (before the session goes). */
-void cfsd_files_stop(struct cfsd *d);
-void cfsd_files_free(struct cfsd *d);
+/* The table of failures already logged (d->logged). */
+int cfsd_logged_new(struct cfsd *d);
+void cfsd_logged_free(struct cfsd *d);
 /* Keys of cfsd_first_error(): a nid alone for open failures, with one of
  * these bits for the other kinds of failure, so that each is logged once.
  * nids are 32-byte slot numbers of a mapping and never reach these bits. */
@@ -172,20 +167,61 @@ void cfsd_files_free(struct cfsd *d);
 #define CFSD_ERR_IMAGE (UINT64_C(1) << 62) /* corrupt image metadata or data */
 /* True the first time it is called for @key: log one line per object. */
 bool cfsd_first_error(struct cfsd *d, uint64_t key);
-/* With $NOTIFY_SOCKET: tell the service manager STATUS=@state and the
- * counts (objects opened with verification, files with errors); sent at READY, on each
- * newly logged error and at stop. */
-void cfsd_notify_status(struct cfsd *d, const char *state);
+
+/* buffer.c: a buffer of at least @size bytes owned by the calling thread,
+ * valid until its next call on this thread; NULL if out of memory.  Freed at
+ * thread exit; cfsd_thread_buffer_free() frees the calling thread's (the
+ * main thread runs no destructor). */
+void *cfsd_thread_buffer(size_t size);
+void cfsd_thread_buffer_free(void);
+
+/* inode.c */
+/* Read inode @ino into @ret.  -ESTALE/-EFSCORRUPTED on bad numbers. */
+int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret_inode);
+/* Best effort: the path of @nid in the image for log messages ("/a/b"), or
+ * "nid N" if it cannot be found.  Walks the tree; only used on errors. */
+void cfsd_describe_nid(struct cfsd *d, uint64_t nid, char *buf, size_t bufsz);
+/* Log that the image metadata of @nid (@what: "inode", "directory", ...)
+ * is unusable, once per nid and naming its path; returns the positive errno
+ * to reply with (ENOMEM or EIO). */
+int cfsd_image_error(struct cfsd *d, uint64_t nid, const char *what, int err);
+
+/* xattr.c */
+/* Find out whether the image holds xattrs a reader could see and POSIX
+ * ACLs (one walk over every inode, before mounting). */
+int cfsd_scan_xattrs(struct cfsd *d);
+void cfsd_op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
+void cfsd_op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+
+/* push.c: the rest of a whole verified object @whole (taken) into the
+ * page cache of @ino, all but [@skip_off, @skip_end), the READ being
+ * answered.  Over /dev/fuse call it before the reply, over io_uring after
+ * (it queues for the pusher thread). */
+int cfsd_push_new(struct cfsd *d);
+void cfsd_push_stop(struct cfsd *d); /* joins the pusher thread */
+void cfsd_push_free(struct cfsd *d);
+void cfsd_push_object(struct cfsd *d, fuse_ino_t ino, uint8_t *whole, uint64_t size,
+		      uint64_t skip_off, uint64_t skip_end);
+uint64_t cfsd_push_pending(struct cfsd *d); /* bytes queued */
+
+/* files.c */
+int cfsd_files_new(struct cfsd *d);
+void cfsd_files_free(struct cfsd *d);
+const char *cfsd_files_mode_name(const struct cfsd *d); /* "open", "no-open", "undecided" */
 void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
 void cfsd_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void cfsd_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
-/* Write the settings and counters as "key value" lines. */
+
+/* ops.c: the request table and the state its handlers share. */
+extern const struct fuse_lowlevel_ops cfsd_ops;
+int cfsd_handlers_new(struct cfsd *d);
+/* Stop the handlers' threads (before the session goes). */
+void cfsd_handlers_stop(struct cfsd *d);
+void cfsd_handlers_free(struct cfsd *d);
+
+/* stats.c: write the settings and counters as "key value" lines. */
 void cfsd_stats_print(struct cfsd *d, FILE *out);
-/* A buffer of at least @size bytes owned by the calling thread, valid until
- * its next call on this thread; NULL if out of memory.  Freed at thread exit
- * (cfsd_files_free() frees the calling thread's). */
-void *cfsd_thread_buffer(size_t size);
 
 /* uring.c: FUSE over io_uring underneath libfuse 3.14 (through the
  * custom-io shim of passthrough.c). */

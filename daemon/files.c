@@ -21,7 +21,7 @@
  *    opens of one inode.
  * When a READ makes the store read and hash a whole object to build its
  * tree, the rest of that verified data goes straight into the kernel's
- * page cache (notify_store), so the object is not read and hashed again.
+ * page cache (push.c), so the object is not read and hashed again.
  */
 #include "config.h"
 
@@ -36,7 +36,6 @@
 #include "cfsd.h"
 
 #define BUCKETS 1024
-#define LOGGED_MAX 4096
 
 struct open_inode {
 	struct open_inode *next;
@@ -54,79 +53,11 @@ enum files_mode {
 	MODE_NO_OPEN,
 };
 
-/* A verified whole object waiting to go into the page cache. */
-struct push_job {
-	struct push_job *next;
-	fuse_ino_t ino;
-	uint8_t *whole;
-	uint64_t size, skip_off, skip_end;
-};
-
-#define PUSH_PENDING_MAX (32ULL << 20)
-
 struct cfsd_files {
 	pthread_mutex_t lock;
 	_Atomic int mode;       /* enum files_mode, set once under @lock */
-	/* The pusher thread (io_uring transport), under push_lock. */
-	pthread_mutex_t push_lock;
-	pthread_cond_t push_cond;
-	struct push_job *push_head, *push_tail;
-	uint64_t push_bytes;
-	bool push_started, push_stop;
-	pthread_t push_thread;
 	struct open_inode *buckets[BUCKETS];
-	/* nids whose open failure was already logged: one line per object */
-	uint64_t logged[LOGGED_MAX];
-	size_t n_logged;
 };
-
-/*
- * Per-thread reply buffers.  A read request asks for up to 1 MiB (libfuse
- * negotiates 256 pages; readahead asks for 128 KiB); a malloc of that size
- * per request may be served by mmap() (glibc's threshold starts at 128 KiB)
- * and then costs page faults and zeroing on every read, so each worker
- * thread keeps one buffer, grown as needed and freed when libfuse ends the
- * thread.
- */
-static pthread_key_t tbuf_key;
-static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
-static bool tbuf_key_ok;
-static __thread void *tbuf;
-static __thread size_t tbuf_cap;
-
-static void tbuf_key_init(void)
-{
-	tbuf_key_ok = pthread_key_create(&tbuf_key, free) == 0;
-}
-
-void *cfsd_thread_buffer(size_t size)
-{
-	const size_t grain = 64 << 10;
-	size_t cap;
-
-	if (size <= tbuf_cap)
-		return tbuf;
-	pthread_once(&tbuf_once, tbuf_key_init);
-	if (!tbuf_key_ok)
-		return NULL;
-	cap = size > SIZE_MAX - grain ? size : (size + grain - 1) / grain * grain;
-	free(tbuf);
-	tbuf = malloc(cap);
-	tbuf_cap = tbuf ? cap : 0;
-	/* The key's destructor frees it at thread exit. */
-	(void)pthread_setspecific(tbuf_key, tbuf);
-	return tbuf;
-}
-
-/* The calling thread's buffer (the main thread runs no key destructor). */
-static void thread_buffer_free(void)
-{
-	free(tbuf);
-	tbuf = NULL;
-	tbuf_cap = 0;
-	if (tbuf_key_ok)
-		(void)pthread_setspecific(tbuf_key, NULL);
-}
 
 int cfsd_files_new(struct cfsd *d)
 {
@@ -134,32 +65,8 @@ int cfsd_files_new(struct cfsd *d)
 	if (!f)
 		return -ENOMEM;
 	pthread_mutex_init(&f->lock, NULL);
-	pthread_mutex_init(&f->push_lock, NULL);
-	pthread_cond_init(&f->push_cond, NULL);
 	d->files = f;
 	return 0;
-}
-
-void cfsd_files_stop(struct cfsd *d)
-{
-	struct cfsd_files *f = d->files;
-
-	if (!f)
-		return;
-	pthread_mutex_lock(&f->push_lock);
-	f->push_stop = true;
-	pthread_cond_broadcast(&f->push_cond);
-	pthread_mutex_unlock(&f->push_lock);
-	if (f->push_started)
-		pthread_join(f->push_thread, NULL);
-	f->push_started = false;
-	while (f->push_head) {
-		struct push_job *j = f->push_head;
-
-		f->push_head = j->next;
-		free(j->whole);
-		free(j);
-	}
 }
 
 static void open_inode_free(fuse_req_t req, struct open_inode *oi)
@@ -183,62 +90,21 @@ void cfsd_files_free(struct cfsd *d)
 			open_inode_free(NULL, oi);
 		}
 	}
-	cfsd_files_stop(d);
-	pthread_cond_destroy(&f->push_cond);
-	pthread_mutex_destroy(&f->push_lock);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
 	d->files = NULL;
-	thread_buffer_free();
 }
 
-bool cfsd_first_error(struct cfsd *d, uint64_t key)
+const char *cfsd_files_mode_name(const struct cfsd *d)
 {
-	struct cfsd_files *f = d->files;
-	bool first = true, now_full = false;
-
-	pthread_mutex_lock(&f->lock);
-	for (size_t i = 0; i < f->n_logged; i++) {
-		if (f->logged[i] == key) {
-			first = false;
-			break;
-		}
+	switch (d->files ? atomic_load(&d->files->mode) : MODE_UNDECIDED) {
+	case MODE_OPEN:
+		return "open";
+	case MODE_NO_OPEN:
+		return "no-open";
+	default:
+		return "undecided";
 	}
-	if (first && f->n_logged < LOGGED_MAX) {
-		f->logged[f->n_logged++] = key;
-		now_full = f->n_logged == LOGGED_MAX;
-	} else if (first) {
-		/* Full: log no more, or a hostile image with many bad inodes
-		 * would have every request log and walk the tree for a name. */
-		first = false;
-	}
-	pthread_mutex_unlock(&f->lock);
-	if (now_full)
-		cfsd_log(FUSE_LOG_WARNING, "%d objects with errors logged: no more are\n", LOGGED_MAX);
-	if (first)
-		cfsd_notify_status(d, "serving");
-	return first;
-}
-
-void cfsd_notify_status(struct cfsd *d, const char *state)
-{
-	struct cfs_cas_stats cs = { 0 };
-	unsigned long long logged;
-	char msg[256];
-
-	if (!d->notify)
-		return;
-	if (d->cas)
-		cfs_cas_get_stats(d->cas, &cs);
-	pthread_mutex_lock(&d->files->lock);
-	logged = d->files->n_logged;
-	pthread_mutex_unlock(&d->files->lock);
-	snprintf(msg, sizeof(msg), "STATUS=%s; %llu objects opened with verification; %llu files or objects with errors%s",
-		 state,
-		 (unsigned long long)(cs.objects_by_method[CFS_VERIFY_KERNEL] +
-				      cs.objects_by_method[CFS_VERIFY_USERSPACE]),
-		 logged, logged ? " (see the log)" : "");
-	(void)cfsd_notify(msg);
 }
 
 static struct open_inode *open_inode_get(struct cfsd *d, uint64_t nid)
@@ -550,111 +416,6 @@ void cfsd_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		open_inode_put(NULL, d, oi);
 }
 
-/*
- * Hand the verified copy @whole of a whole object to the kernel's page
- * cache, apart from [@skip_off, @skip_end), the pages of the READ being
- * answered (the kernel holds them locked until the reply fills them).
- * Never from the single-threaded loop: a store into a page that another
- * READ holds locked waits for that READ's reply, which only another thread
- * can send.  Best effort: a page the kernel does not take is read again
- * later, verified again.
- */
-static void push_to_cache(struct cfsd *d, fuse_ino_t ino, const uint8_t *whole, uint64_t size,
-			  uint64_t skip_off, uint64_t skip_end)
-{
-	const uint64_t chunk = 1 << 20;
-	uint64_t ranges[2][2] = { { 0, skip_off & ~(uint64_t)4095 }, { skip_end, size } };
-
-	if (!d->se)
-		return;
-	if (skip_end < size && skip_end % 4096)
-		ranges[1][0] = (skip_end + 4095) & ~(uint64_t)4095;
-	for (int i = 0; i < 2; i++) {
-		for (uint64_t o = ranges[i][0]; o < ranges[i][1];) {
-			uint64_t n = ranges[i][1] - o < chunk ? ranges[i][1] - o : chunk;
-			struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)n);
-			int r;
-
-			bv.buf[0].mem = (void *)(whole + o);
-			r = fuse_lowlevel_notify_store(d->se, ino, (off_t)o, &bv, 0);
-			if (r < 0)
-				return; /* e.g. -ENOENT: the kernel dropped the inode */
-			atomic_fetch_add(&d->stats.pushed_bytes, n);
-			o += n;
-		}
-	}
-}
-
-static void *pusher(void *p)
-{
-	struct cfsd *d = p;
-	struct cfsd_files *f = d->files;
-
-	pthread_mutex_lock(&f->push_lock);
-	for (;;) {
-		struct push_job *j;
-
-		while (!f->push_head && !f->push_stop)
-			pthread_cond_wait(&f->push_cond, &f->push_lock);
-		if (f->push_stop)
-			break;
-		j = f->push_head;
-		f->push_head = j->next;
-		if (!f->push_head)
-			f->push_tail = NULL;
-		pthread_mutex_unlock(&f->push_lock);
-		push_to_cache(d, j->ino, j->whole, j->size, j->skip_off, j->skip_end);
-		pthread_mutex_lock(&f->push_lock);
-		f->push_bytes -= j->size;
-		free(j->whole);
-		free(j);
-	}
-	pthread_mutex_unlock(&f->push_lock);
-	return NULL;
-}
-
-/*
- * The rest of a whole verified object for the page cache.  On /dev/fuse,
- * before the reply (so the reader's next read finds the pages).  Never
- * from the single-threaded loop or from an io_uring queue thread, where a
- * store into a page that another READ holds locked would wait for that
- * READ's reply, which only this thread could send: with io_uring a pusher
- * thread does it after the reply.  Takes @whole.
- */
-static void hand_over(struct cfsd *d, fuse_ino_t ino, uint8_t *whole, uint64_t size, uint64_t skip_off,
-		      uint64_t skip_end)
-{
-	struct cfsd_files *f = d->files;
-	struct push_job *j;
-
-	if (!atomic_load(&d->uring_on)) {
-		if (!d->single_thread)
-			push_to_cache(d, ino, whole, size, skip_off, skip_end);
-		free(whole);
-		return;
-	}
-	j = malloc(sizeof(*j));
-	pthread_mutex_lock(&f->push_lock);
-	if (j && !f->push_stop && f->push_bytes + size <= PUSH_PENDING_MAX &&
-	    (f->push_started || pthread_create(&f->push_thread, NULL, pusher, d) == 0)) {
-		f->push_started = true;
-		*j = (struct push_job){ .ino = ino, .whole = whole, .size = size, .skip_off = skip_off,
-					.skip_end = skip_end };
-		if (f->push_tail)
-			f->push_tail->next = j;
-		else
-			f->push_head = j;
-		f->push_tail = j;
-		f->push_bytes += size;
-		pthread_cond_signal(&f->push_cond);
-		j = NULL;
-		whole = NULL;
-	}
-	pthread_mutex_unlock(&f->push_lock);
-	free(j);
-	free(whole); /* not queued: read again later, verified again */
-}
-
 static void log_read_error(struct cfsd *d, uint64_t nid, const struct cfs_backing *b, off_t off,
 			   size_t size, int err, const struct cfs_read_fault *fault)
 {
@@ -739,13 +500,15 @@ void cfsd_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct
 		}
 	}
 	if (whole && !atomic_load(&d->uring_on)) {
-		hand_over(d, ino, whole, cfs_object_size(obj), (uint64_t)off, (uint64_t)off + (uint64_t)n);
+		cfsd_push_object(d, ino, whole, cfs_object_size(obj), (uint64_t)off,
+				 (uint64_t)off + (uint64_t)n);
 		whole = NULL;
 	}
 	atomic_fetch_add(&d->stats.read_bytes, (uint64_t)n);
 	fuse_reply_buf(req, buf, (size_t)n);
 	if (whole)
-		hand_over(d, ino, whole, cfs_object_size(obj), (uint64_t)off, (uint64_t)off + (uint64_t)n);
+		cfsd_push_object(d, ino, whole, cfs_object_size(obj), (uint64_t)off,
+				 (uint64_t)off + (uint64_t)n);
 }
 
 void cfsd_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -797,87 +560,3 @@ void cfsd_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct
 	fuse_reply_lseek(req, res);
 }
 
-static void put(FILE *out, const char *name, uint64_t v)
-{
-	fprintf(out, "%s %" PRIu64 "\n", name, v);
-}
-
-void cfsd_stats_print(struct cfsd *d, FILE *out)
-{
-	static const enum cfs_verify_method methods[] = {
-		CFS_VERIFY_KERNEL, CFS_VERIFY_USERSPACE, CFS_VERIFY_OFF
-	};
-	const struct cfsd_stats *s = &d->stats;
-	struct cfs_cas_stats cs = { 0 };
-	const char *sep = "";
-	uint64_t push_pending;
-
-	/* The object store's own counters (all 0 without basedir=). */
-	if (d->cas)
-		cfs_cas_get_stats(d->cas, &cs);
-
-	/* Settings first (words, not numbers), then counters. */
-	fprintf(out, "verity %s\n", cfsd_verity_name(d->verity));
-	fprintf(out, "passthrough %s\n", cfsd_passthrough_name(d->passthrough));
-	fprintf(out, "xattrs %s\n", cfsd_xattrs_names[d->xattrs]);
-	fprintf(out, "image_xattrs %s\n", d->image_has_acls ? "acls" : d->image_has_xattrs ? "yes" : "none");
-	fprintf(out, "io %s\n", d->cas ? cfs_cas_io_backend(d->cas) : "none");
-	fprintf(out, "transport %s\n", atomic_load(&d->uring_on) ? "io_uring" : "dev-fuse");
-	/* The methods objects were verified with so far ("none" before the
-	 * first external file is opened). */
-	fputs("verification ", out);
-	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
-		if (cs.objects_by_method[methods[i]]) {
-			fprintf(out, "%s%s", sep, cfs_verify_method_name(methods[i]));
-			sep = ",";
-		}
-	}
-	fprintf(out, "%s\n", *sep ? "" : "none");
-
-	fprintf(out, "open_mode %s\n", atomic_load(&d->files->mode) == MODE_OPEN      ? "open" :
-				       atomic_load(&d->files->mode) == MODE_NO_OPEN ? "no-open" :
-										      "undecided");
-	put(out, "opens", atomic_load(&s->opens));
-	put(out, "opens_image", atomic_load(&s->opens_image));
-	put(out, "opens_daemon", atomic_load(&s->opens_daemon));
-	put(out, "opens_passthrough", atomic_load(&s->opens_passthrough));
-	put(out, "open_errors", atomic_load(&s->open_errors));
-	put(out, "reads", atomic_load(&s->reads));
-	put(out, "read_bytes", atomic_load(&s->read_bytes));
-	put(out, "read_errors", atomic_load(&s->read_errors));
-	put(out, "pushed_bytes", atomic_load(&s->pushed_bytes));
-	pthread_mutex_lock(&d->files->push_lock);
-	push_pending = d->files->push_bytes;
-	pthread_mutex_unlock(&d->files->push_lock);
-	put(out, "push_pending_bytes", push_pending);
-	put(out, "uring_requests", cfsd_uring_requests());
-	put(out, "lookups", atomic_load(&s->lookups));
-	put(out, "readdirs", atomic_load(&s->readdirs));
-	put(out, "opendirs", atomic_load(&s->opendirs));
-	put(out, "getattrs", atomic_load(&s->getattrs));
-	put(out, "getxattrs", atomic_load(&s->getxattrs));
-	put(out, "listxattrs", atomic_load(&s->listxattrs));
-	put(out, "readlinks", atomic_load(&s->readlinks));
-	put(out, "objects_kernel", cs.objects_by_method[CFS_VERIFY_KERNEL]);
-	put(out, "objects_userspace", cs.objects_by_method[CFS_VERIFY_USERSPACE]);
-	put(out, "objects_unverified", cs.objects_by_method[CFS_VERIFY_OFF]);
-	put(out, "cas_objects_opened", cs.objects_opened);
-	put(out, "cas_objects_evicted", cs.objects_evicted);
-	put(out, "cas_idle_objects", cs.idle_objects);
-	put(out, "cas_bytes_read", cs.bytes_read);
-	put(out, "cas_blocks_hashed", cs.blocks_hashed);
-	put(out, "cas_trees_from_store", cs.trees_from_store);
-	put(out, "cas_read_io_errors", cs.read_io_errors);
-	put(out, "cas_objects_mismatched", cs.objects_mismatched);
-	put(out, "cas_size_mismatches", cs.size_mismatches);
-	put(out, "objects_missing", atomic_load(&s->objects_missing));
-	put(out, "objects_refused", atomic_load(&s->objects_refused));
-	put(out, "cas_trees_built", cs.trees_built);
-	put(out, "cas_trees_from_memory", cs.trees_from_memory);
-	put(out, "cas_trees_from_disk", cs.trees_from_disk);
-	put(out, "cas_trees_rejected", cs.trees_rejected);
-	put(out, "cas_trees_written", cs.trees_written);
-	put(out, "cas_tree_write_errors", cs.tree_write_errors);
-	put(out, "cas_blocks_failed", cs.blocks_failed);
-	put(out, "cas_lru_bytes", cs.lru_bytes);
-}

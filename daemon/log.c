@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Where the daemon's messages go (stderr, or syslog once daemonized) and the
+ * Where the daemon's messages go (stderr, or syslog once daemonized), the
+ * table that keeps one failure from being logged on every request, and the
  * sd_notify protocol.  Kept apart from main.c so that the request handlers
  * can be linked without the startup code (fuzz/fuzz-daemon.c does).
  */
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -135,4 +137,82 @@ void cfsd_log_to_syslog(void)
 	log_to_syslog = true;
 	openlog("composefs-fuse", LOG_PID, LOG_DAEMON);
 	fuse_set_log_func(syslog_func);
+}
+
+/* Keys already logged (cfsd_first_error()): one line per object or inode. */
+#define LOGGED_MAX 4096
+
+struct cfsd_logged {
+	pthread_mutex_t lock;
+	uint64_t logged[LOGGED_MAX];
+	size_t n_logged;
+};
+
+int cfsd_logged_new(struct cfsd *d)
+{
+	struct cfsd_logged *l = calloc(1, sizeof(*l));
+
+	if (!l)
+		return -ENOMEM;
+	pthread_mutex_init(&l->lock, NULL);
+	d->logged = l;
+	return 0;
+}
+
+void cfsd_logged_free(struct cfsd *d)
+{
+	if (!d->logged)
+		return;
+	pthread_mutex_destroy(&d->logged->lock);
+	free(d->logged);
+	d->logged = NULL;
+}
+
+bool cfsd_first_error(struct cfsd *d, uint64_t key)
+{
+	struct cfsd_logged *f = d->logged;
+	bool first = true, now_full = false;
+
+	pthread_mutex_lock(&f->lock);
+	for (size_t i = 0; i < f->n_logged; i++) {
+		if (f->logged[i] == key) {
+			first = false;
+			break;
+		}
+	}
+	if (first && f->n_logged < LOGGED_MAX) {
+		f->logged[f->n_logged++] = key;
+		now_full = f->n_logged == LOGGED_MAX;
+	} else if (first) {
+		/* Full: log no more, or a hostile image with many bad inodes
+		 * would have every request log and walk the tree for a name. */
+		first = false;
+	}
+	pthread_mutex_unlock(&f->lock);
+	if (now_full)
+		cfsd_log(FUSE_LOG_WARNING, "%d objects with errors logged: no more are\n", LOGGED_MAX);
+	if (first)
+		cfsd_notify_status(d, "serving");
+	return first;
+}
+
+void cfsd_notify_status(struct cfsd *d, const char *state)
+{
+	struct cfs_cas_stats cs = { 0 };
+	unsigned long long logged;
+	char msg[256];
+
+	if (!d->notify)
+		return;
+	if (d->cas)
+		cfs_cas_get_stats(d->cas, &cs);
+	pthread_mutex_lock(&d->logged->lock);
+	logged = d->logged->n_logged;
+	pthread_mutex_unlock(&d->logged->lock);
+	snprintf(msg, sizeof(msg), "STATUS=%s; %llu objects opened with verification; %llu files or objects with errors%s",
+		 state,
+		 (unsigned long long)(cs.objects_by_method[CFS_VERIFY_KERNEL] +
+				      cs.objects_by_method[CFS_VERIFY_USERSPACE]),
+		 logged, logged ? " (see the log)" : "");
+	(void)cfsd_notify(msg);
 }

@@ -396,7 +396,7 @@ int main(int argc, char *argv[])
 	d.single_thread = cl.singlethread || cl.max_threads == 1;
 
 	d.notify = getenv("NOTIFY_SOCKET") != NULL;
-	if (cfsd_files_new(&d) < 0)
+	if (cfsd_handlers_new(&d) < 0)
 		goto out_cas;
 	d.se = fuse_session_new(&args, &cfsd_ops, sizeof(cfsd_ops), &d);
 	if (!d.se)
@@ -481,13 +481,13 @@ out_unmount:
 	if (mounted)
 		fuse_session_unmount(d.se);
 	cfsd_uring_stop(); /* its threads end with the connection */
-	cfsd_files_stop(&d);
+	cfsd_handlers_stop(&d);
 out_session:
 	if (sig_installed)
 		fuse_remove_signal_handlers(d.se);
 	fuse_session_destroy(d.se);
 out_cas:
-	cfsd_files_free(&d);
+	cfsd_handlers_free(&d);
 	d.cas = cfs_cas_unref(d.cas);
 out_img:
 	d.img = cfs_img_unref(d.img);

@@ -6,12 +6,7 @@
  *  - overlay whiteouts (character devices 0:0) are invisible: lookups fail
  *    and readdir omits them (that hides the 256 "00".."ff" entries mkcomposefs
  *    puts in the root);
- *  - trusted.overlay.* xattrs are internal and hidden; an escaped
- *    trusted.overlay.overlay.X is shown as trusted.overlay.X;
- *  - every other xattr is shown as stored; trusted.* is listed only for
- *    root (the kernel lists and reads trusted.* only with CAP_SYS_ADMIN; we
- *    see the caller's uid, not its capabilities, and the VFS itself refuses
- *    getxattr("trusted.*") to callers without CAP_SYS_ADMIN).
+ *  - xattrs as xattr.c says; file data as files.c says.
  * The image is immutable, so nothing here takes a lock and inode numbers
  * need no lookup counting: forget is a no-op.
  */
@@ -28,44 +23,11 @@
 
 #include "cfsd.h"
 
-#define OVL_PREFIX_LEN (sizeof(CFS_OVL_PREFIX) - 1)
-#define OVL_ESCAPED_LEN (sizeof(CFS_OVL_ESCAPED_PREFIX) - 1)
 #define EROFS_NAME_LEN 255
 
 static struct cfsd *req_cfsd(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
-}
-
-int cfsd_image_error(struct cfsd *d, uint64_t nid, const char *what, int err)
-{
-	if (err == -ENOMEM)
-		return ENOMEM;
-	/* Once per nid: a corrupt inode would otherwise log on every request. */
-	if (cfsd_first_error(d, nid | CFSD_ERR_IMAGE)) {
-		char where[1024], why[256];
-
-		/* The reader's reason first: naming the nid walks the image,
-		 * which may fail too and replace this thread's detail. */
-		snprintf(why, sizeof(why), "%s",
-			 err == -EFSCORRUPTED || err == -EOPNOTSUPP ? cfs_img_error_detail() : "");
-		if (!why[0])
-			snprintf(why, sizeof(why), "%s",
-				 err == -EFSCORRUPTED ? "bad metadata" : strerror(-err));
-		cfsd_describe_nid(d, nid, where, sizeof(where));
-		cfsd_log(FUSE_LOG_ERR, "image: %s: %s is corrupt: %s\n", where, what, why);
-	}
-	return EIO;
-}
-
-int cfsd_get_inode(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret_inode)
-{
-	uint64_t nid;
-	int r = cfsd_ino_to_nid(d->info.root_nid, ino, &nid);
-	if (r < 0)
-		return r;
-	r = cfs_img_read_inode(d->img, nid, ret_inode);
-	return r < 0 ? -cfsd_image_error(d, nid, "inode", r) : 0;
 }
 
 static int get_dir(struct cfsd *d, fuse_ino_t ino, struct cfs_inode *ret_inode)
@@ -387,179 +349,6 @@ static void cfsd_op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &sv);
 }
 
-/* Map a stored xattr name to the name a reader sees; NULL if hidden. */
-static const char *visible_xattr(const char *stored, char *buf, size_t bufsz, bool show_trusted)
-{
-	if (strncmp(stored, "trusted.", 8) == 0 && !show_trusted)
-		return NULL;
-	if (strncmp(stored, CFS_OVL_PREFIX, OVL_PREFIX_LEN) != 0)
-		return stored;
-	if (strncmp(stored, CFS_OVL_ESCAPED_PREFIX, OVL_ESCAPED_LEN) != 0 || stored[OVL_ESCAPED_LEN] == '\0')
-		return NULL; /* overlay-internal */
-	if ((size_t)snprintf(buf, bufsz, "%s%s", CFS_OVL_PREFIX, stored + OVL_ESCAPED_LEN) >= bufsz)
-		return NULL;
-	return buf;
-}
-
-/* Map a requested name to the stored one; NULL if it cannot exist. */
-static const char *stored_xattr(const char *name, char *buf, size_t bufsz)
-{
-	if (strncmp(name, CFS_OVL_PREFIX, OVL_PREFIX_LEN) != 0)
-		return name;
-	if (name[OVL_PREFIX_LEN] == '\0')
-		return NULL;
-	if ((size_t)snprintf(buf, bufsz, "%s%s", CFS_OVL_ESCAPED_PREFIX, name + OVL_PREFIX_LEN) >= bufsz)
-		return NULL;
-	return buf;
-}
-
-/* xattrs=auto and nothing to show: ENOSYS makes the kernel stop asking
- * (readers then get EOPNOTSUPP where the kernel mount says ENODATA or
- * lists nothing). */
-static bool no_xattrs(const struct cfsd *d)
-{
-	return d->xattrs == CFSD_XATTRS_AUTO && !d->image_has_xattrs;
-}
-
-struct scan_ctx {
-	struct cfsd *d;
-};
-
-static int scan_xattr(void *userdata, const char *name, const uint8_t *value, size_t value_len)
-{
-	struct scan_ctx *c = userdata;
-	char tmp[XATTR_NAME_MAX + 64];
-
-	/* trusted.* counts: root sees it */
-	if (!visible_xattr(name, tmp, sizeof(tmp), true))
-		return 0;
-	c->d->image_has_xattrs = true;
-	if (strncmp(name, "system.posix_acl_", 17) == 0)
-		c->d->image_has_acls = true;
-	return c->d->image_has_acls ? 1 : 0;
-}
-
-static int scan_inode(void *userdata, const struct cfs_inode *dir, const char *path, size_t pathlen,
-		      const char *name, size_t namelen, const struct cfs_inode *ino, bool first_visit)
-{
-	struct scan_ctx *c = userdata;
-	int r;
-
-	if (!first_visit)
-		return 0;
-	r = cfs_img_iterate_xattrs(c->d->img, ino, scan_xattr, c);
-	return r < 0 ? r : c->d->image_has_acls ? 1 : 0;
-}
-
-int cfsd_scan_xattrs(struct cfsd *d)
-{
-	struct scan_ctx c = { .d = d };
-	struct cfs_inode root;
-	int r;
-
-	d->image_has_xattrs = d->image_has_acls = false;
-	r = cfs_img_read_inode(d->img, d->info.root_nid, &root);
-	if (r >= 0)
-		r = cfs_img_iterate_xattrs(d->img, &root, scan_xattr, &c);
-	if (r >= 0 && !d->image_has_acls)
-		r = cfs_img_walk(d->img, scan_inode, &c);
-	if (r < 0) {
-		/* Cannot tell: answer every request, as the kernel would. */
-		d->image_has_xattrs = d->image_has_acls = true;
-		return r;
-	}
-	return 0;
-}
-
-static bool caller_sees_trusted(fuse_req_t req)
-{
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	return ctx && ctx->uid == 0;
-}
-
-static void cfsd_op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
-{
-	struct cfsd *d = req_cfsd(req);
-	struct cfs_inode ci;
-	const uint8_t *value;
-	const char *stored;
-	char buf[XATTR_NAME_MAX + 64];
-	size_t len;
-	int r;
-
-	atomic_fetch_add(&d->stats.getxattrs, 1);
-	if (no_xattrs(d))
-		return (void)fuse_reply_err(req, ENOSYS);
-	r = cfsd_get_inode(d, ino, &ci);
-	if (r < 0)
-		return (void)fuse_reply_err(req, -r);
-	if (strncmp(name, "trusted.", 8) == 0 && !caller_sees_trusted(req))
-		return (void)fuse_reply_err(req, ENODATA);
-	stored = stored_xattr(name, buf, sizeof(buf));
-	if (!stored)
-		return (void)fuse_reply_err(req, ENODATA);
-	r = cfs_img_get_xattr(d->img, &ci, stored, &value, &len);
-	if (r == -ENODATA)
-		return (void)fuse_reply_err(req, ENODATA);
-	if (r < 0)
-		return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "xattr area", r));
-	if (size == 0)
-		return (void)fuse_reply_xattr(req, len);
-	if (len > size)
-		return (void)fuse_reply_err(req, ERANGE);
-	fuse_reply_buf(req, (const char *)value, len);
-}
-
-struct listxattr_ctx {
-	char *buf;
-	size_t used, cap;
-	bool show_trusted;
-};
-
-static int listxattr_one(void *userdata, const char *name, const uint8_t *value, size_t value_len)
-{
-	struct listxattr_ctx *c = userdata;
-	char tmp[XATTR_NAME_MAX + 64];
-	const char *v = visible_xattr(name, tmp, sizeof(tmp), c->show_trusted);
-	size_t n;
-
-	if (!v)
-		return 0;
-	n = strlen(v) + 1;
-	if (CFS_GROW(c->buf, c->cap, c->used + n) < 0)
-		return -ENOMEM;
-	memcpy(c->buf + c->used, v, n);
-	c->used += n;
-	return 0;
-}
-
-static void cfsd_op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
-{
-	struct cfsd *d = req_cfsd(req);
-	struct listxattr_ctx c = { .show_trusted = caller_sees_trusted(req) };
-	struct cfs_inode ci;
-	int r;
-
-	atomic_fetch_add(&d->stats.listxattrs, 1);
-	if (no_xattrs(d))
-		return (void)fuse_reply_err(req, ENOSYS);
-	r = cfsd_get_inode(d, ino, &ci);
-	if (r < 0)
-		return (void)fuse_reply_err(req, -r);
-	r = cfs_img_iterate_xattrs(d->img, &ci, listxattr_one, &c);
-	if (r < 0) {
-		free(c.buf);
-		return (void)fuse_reply_err(req, cfsd_image_error(d, ci.nid, "xattr area", r));
-	}
-	if (size == 0)
-		fuse_reply_xattr(req, c.used);
-	else if (c.used > size)
-		fuse_reply_err(req, ERANGE);
-	else
-		fuse_reply_buf(req, c.buf, c.used);
-	free(c.buf);
-}
-
 static void reply_erofs(fuse_req_t req)
 {
 	fuse_reply_err(req, EROFS);
@@ -650,85 +439,29 @@ const struct fuse_lowlevel_ops cfsd_ops = {
 	.create = cfsd_op_create,
 };
 
-/* Depth-first search for @nid, for log messages only. */
-#define FIND_MAX_DEPTH 256
 
-struct find_ctx {
-	struct cfsd *d;
-	uint64_t want;
-	char *path;
-	size_t cap, len;
-	uint64_t dirs[FIND_MAX_DEPTH]; /* directories on the current path */
-	unsigned depth;
-	uint64_t budget;
-	bool found, exhausted;
-};
-
-/* Is @nid the root or a directory on the current path?  Then descending
- * into it again would loop (a hostile image can make any dirent point to
- * an ancestor). */
-static bool find_on_path(const struct find_ctx *c, uint64_t nid)
+int cfsd_handlers_new(struct cfsd *d)
 {
-	if (nid == c->d->info.root_nid)
-		return true;
-	for (unsigned i = 0; i < c->depth; i++)
-		if (c->dirs[i] == nid)
-			return true;
-	return false;
+	int r = cfsd_logged_new(d);
+
+	if (r >= 0)
+		r = cfsd_push_new(d);
+	if (r >= 0)
+		r = cfsd_files_new(d);
+	if (r < 0)
+		cfsd_handlers_free(d);
+	return r;
 }
 
-static int find_visit(void *userdata, const char *name, size_t namelen, uint64_t nid,
-		      unsigned dtype, uint64_t next_cookie)
+void cfsd_handlers_stop(struct cfsd *d)
 {
-	struct find_ctx *c = userdata;
-	size_t saved = c->len;
-	struct cfs_inode ci;
-
-	if ((namelen == 1 && name[0] == '.') || (namelen == 2 && name[0] == '.' && name[1] == '.'))
-		return 0;
-	if (c->budget-- == 0) {
-		c->exhausted = true;
-		return 1;
-	}
-	if (c->len + 1 + namelen + 1 > c->cap)
-		return 0;
-	c->path[c->len++] = '/';
-	memcpy(c->path + c->len, name, namelen);
-	c->len += namelen;
-	c->path[c->len] = '\0';
-	if (nid == c->want) {
-		c->found = true;
-		return 1;
-	}
-	if (dtype == DT_DIR && c->depth < FIND_MAX_DEPTH && !find_on_path(c, nid) &&
-	    cfs_img_read_inode(c->d->img, nid, &ci) >= 0 && S_ISDIR(ci.mode)) {
-		c->dirs[c->depth++] = nid;
-		/* A corrupt subdirectory only ends its own part of the search. */
-		(void)cfs_img_iterate_dir(c->d->img, &ci, 0, find_visit, c);
-		c->depth--;
-		if (c->found || c->exhausted)
-			return 1;
-	}
-	c->len = saved;
-	c->path[c->len] = '\0';
-	return 0;
+	cfsd_push_stop(d);
 }
 
-void cfsd_describe_nid(struct cfsd *d, uint64_t nid, char *buf, size_t bufsz)
+void cfsd_handlers_free(struct cfsd *d)
 {
-	/* The superblock's inode count is image data (any value): bound the
-	 * walk by the number of 12-byte dirents the image can hold, which a
-	 * tree without loops never exceeds, so a directory loop cannot make
-	 * one log message walk forever. */
-	struct find_ctx c = { .d = d, .want = nid, .path = buf, .cap = bufsz,
-			      .budget = d->info.image_size / 12 + 1024 };
-	struct cfs_inode root;
-
-	if (bufsz < 32)
-		return;
-	buf[0] = '\0';
-	if (cfs_img_read_inode(d->img, d->info.root_nid, &root) >= 0)
-		(void)cfs_img_iterate_dir(d->img, &root, 0, find_visit, &c);
-	if (!c.found)
-		snprintf(buf, bufsz, "nid %llu", (unsigned long long)nid);
+	cfsd_files_free(d);
+	cfsd_push_free(d);
+	cfsd_logged_free(d);
+	cfsd_thread_buffer_free();
 }

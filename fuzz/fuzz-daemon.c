@@ -658,7 +658,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	H = &h;
 	(void)cfsd_scan_xattrs(&h.d);
 	FUZZ_CHECK(cfs_cas_open(store_dir, &co, &h.d.cas) == 0);
-	FUZZ_CHECK(cfsd_files_new(&h.d) == 0);
+	FUZZ_CHECK(cfsd_handlers_new(&h.d) == 0);
 	h.d.se = fuse_session_new(&args, &cfsd_ops, sizeof(cfsd_ops), &h.d);
 	fuse_opt_free_args(&args);
 	FUZZ_CHECK(h.d.se != NULL);
@@ -712,9 +712,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	h.budget++;
 	(void)request(&h, FUSE_DESTROY, 0, NULL, 0, NULL, 0, true);
 
-	cfsd_files_stop(&h.d);
+	cfsd_handlers_stop(&h.d);
 	fuse_session_destroy(h.d.se);
-	cfsd_files_free(&h.d);
+	cfsd_handlers_free(&h.d);
 out:
 	h.d.cas = cfs_cas_unref(h.d.cas);
 	h.d.img = cfs_img_unref(h.d.img);
