@@ -263,8 +263,16 @@ struct cfs_cas {
 	} stats;
 };
 
-/* Choose and set up the verification method of a freshly opened object. */
-int cfs_object_setup_method(struct cfs_cas *cas, struct cfs_object *obj);
+/* paths.c.  A redirect from the image as a store path: one leading '/'
+ * dropped, then no empty, "." or ".." component and no NUL byte (-EPERM),
+ * -ENAMETOOLONG, -ENOMEM; *ret_key malloc'ed. */
+int cfs_redirect_normalize(const char *redirect, size_t len, char **ret_key);
+/* Open @path (normalized) below @dirfd, never leaving it: openat2()
+ * RESOLVE_BENEATH, or an O_NOFOLLOW walk where the kernel has no openat2
+ * (*@have_openat2 is cleared then).  A symlink, a non-directory on the way
+ * or a path leaving @dirfd gives -EPERM. */
+int cfs_open_beneath(int dirfd, const char *path, bool *have_openat2);
+
 /* Open a path below basedir @i, never leaving it (openat2 RESOLVE_BENEATH,
  * or an O_NOFOLLOW walk). */
 int cfs_cas_open_beneath(struct cfs_cas *cas, size_t i, const char *path);

@@ -1,24 +1,20 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The object store: base directories, safe resolution of redirect paths
- * beneath them, and the table of open objects (one shared, refcounted,
- * verified state per object).
+ * The object store: its base directories and the table of open objects
+ * (one shared, refcounted state per object, found by digest, bounded, the
+ * least recently used idle one closed first), each object's verification
+ * method chosen once when it is set up.  paths.c resolves the paths;
+ * verity.c is the read path.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/openat2.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "cas-internal.h"
-
-#ifndef SYS_openat2
-#define SYS_openat2 437
-#endif
 
 static void object_free(struct cfs_object *obj);
 
@@ -44,51 +40,6 @@ static void cas_free(struct cfs_cas *cas)
 	pthread_cond_destroy(&cas->init_cond);
 	pthread_mutex_destroy(&cas->lock);
 	free(cas);
-}
-
-void cfs_strv_free(char **v)
-{
-	for (char **p = v; p && *p; p++)
-		free(*p);
-	free(v);
-}
-
-int cfs_basedirs_parse(const char *spec, char ***ret_dirs)
-{
-	char **v;
-	const char *p;
-	struct stat st;
-	size_t n = 1;
-
-	if (!spec || !spec[0])
-		return -EINVAL;
-	/* A directory whose own name has a ':' (upstream takes one
-	 * directory) is that directory, not a list. */
-	if (!strchr(spec, ':') || (stat(spec, &st) == 0 && S_ISDIR(st.st_mode)))
-		n = 1;
-	else
-		for (p = spec; *p; p++)
-			n += *p == ':';
-	v = calloc(n + 1, sizeof(*v));
-	if (!v)
-		return -ENOMEM;
-	p = spec;
-	for (size_t i = 0; i < n; i++) {
-		const char *end = n == 1 ? p + strlen(p) : strchrnul(p, ':');
-
-		if (end == p) {
-			cfs_strv_free(v);
-			return -EINVAL; /* an empty name between two ':' or at an end */
-		}
-		v[i] = strndup(p, (size_t)(end - p));
-		if (!v[i]) {
-			cfs_strv_free(v);
-			return -ENOMEM;
-		}
-		p = *end ? end + 1 : end;
-	}
-	*ret_dirs = v;
-	return (int)n;
 }
 
 int cfs_cas_open(const char *basedirs, const struct cfs_cas_options *opts, struct cfs_cas **ret_cas)
@@ -218,98 +169,12 @@ void cfs_cas_get_stats(struct cfs_cas *cas, struct cfs_cas_stats *ret_stats)
 	pthread_mutex_unlock(&cas->lock);
 }
 
-/*
- * Redirect paths from the image are hostile.  Accept "[/]comp/comp/...":
- * one leading '/' is stripped (overlayfs redirects are absolute within the
- * data layer); then no empty, "." or ".." component and no NUL byte.
- */
-static int normalize_redirect(const char *redirect, size_t len, char **ret_key)
-{
-	const char *p, *end;
-	char *s;
-
-	if (len > 0 && redirect[0] == '/') {
-		redirect++;
-		len--;
-	}
-	if (len == 0)
-		return -EPERM;
-	if (len >= PATH_MAX)
-		return -ENAMETOOLONG;
-	if (memchr(redirect, '\0', len))
-		return -EPERM;
-	end = redirect + len;
-	for (p = redirect; p <= end;) {
-		const char *slash = memchr(p, '/', (size_t)(end - p));
-		size_t clen = (size_t)((slash ? slash : end) - p);
-
-		if (clen == 0 || (clen == 1 && p[0] == '.') || (clen == 2 && p[0] == '.' && p[1] == '.'))
-			return -EPERM;
-		if (clen > NAME_MAX)
-			return -ENAMETOOLONG;
-		if (!slash)
-			break;
-		p = slash + 1;
-	}
-	s = strndup(redirect, len);
-	if (!s)
-		return -ENOMEM;
-	*ret_key = s;
-	return 0;
-}
-
-static int map_resolve_error(int err)
-{
-	/* ELOOP: a symlink (RESOLVE_NO_SYMLINKS / O_NOFOLLOW); EXDEV: the
-	 * path would leave the base directory; ENOTDIR: a non-directory (or a
-	 * symlink) where a directory was needed. */
-	if (err == ELOOP || err == EXDEV || err == ENOTDIR)
-		return -EPERM;
-	return -err;
-}
-
-/* Fallback for kernels without openat2(): walk component by component,
- * never following a symlink.  The path is already normalized. */
-static int open_walk(int dirfd, const char *path)
-{
-	_cleanup_close_ int cur = -EBADF;
-	const char *p = path;
-	int at = dirfd;
-
-	for (;;) {
-		const char *slash = strchr(p, '/');
-		char comp[NAME_MAX + 1];
-		size_t clen = slash ? (size_t)(slash - p) : strlen(p);
-		int fd;
-
-		if (clen == 0 || clen > NAME_MAX)
-			return -EPERM;
-		memcpy(comp, p, clen);
-		comp[clen] = '\0';
-		if (strcmp(comp, ".") == 0 || strcmp(comp, "..") == 0)
-			return -EPERM;
-		if (!slash) {
-			fd = openat(at, comp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-			return fd < 0 ? map_resolve_error(errno) : fd;
-		}
-		fd = openat(at, comp, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-		if (fd < 0)
-			return map_resolve_error(errno);
-		closep(&cur);
-		cur = fd;
-		at = fd;
-		p = slash + 1;
-	}
-}
-
-static int open_beneath_once(struct cfs_cas *cas, int dirfd, const char *path);
-
 static int open_beneath(struct cfs_cas *cas, int dirfd, const char *path)
 {
 	int fd;
 
 	for (int tries = 0;; tries++) {
-		fd = open_beneath_once(cas, dirfd, path);
+		fd = cfs_open_beneath(dirfd, path, &cas->have_openat2);
 		if ((fd != -EMFILE && fd != -ENFILE) || tries > 0)
 			return fd;
 		/* Out of descriptors: close idle objects, then try again. */
@@ -324,24 +189,6 @@ int cfs_cas_open_beneath(struct cfs_cas *cas, size_t i, const char *path)
 	if (i >= cas->n_basedirs)
 		return -EINVAL;
 	return open_beneath(cas, cas->basedir_fds[i], path);
-}
-
-static int open_beneath_once(struct cfs_cas *cas, int dirfd, const char *path)
-{
-	if (__atomic_load_n(&cas->have_openat2, __ATOMIC_RELAXED)) {
-		struct open_how how = {
-			.flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
-			.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-		};
-		long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
-
-		if (fd >= 0)
-			return (int)fd;
-		if (errno != ENOSYS)
-			return map_resolve_error(errno);
-		__atomic_store_n(&cas->have_openat2, false, __ATOMIC_RELAXED);
-	}
-	return open_walk(dirfd, path);
 }
 
 /* Open @path in the first base directory that has it. */
@@ -520,6 +367,65 @@ struct cfs_object *cfs_object_unref(struct cfs_object *obj)
 	return NULL;
 }
 
+const char *cfs_verify_method_name(enum cfs_verify_method m)
+{
+	switch (m) {
+	case CFS_VERIFY_OFF:
+		return "off";
+	case CFS_VERIFY_KERNEL:
+		return "kernel";
+	case CFS_VERIFY_USERSPACE:
+		return "userspace";
+	}
+	return "unknown";
+}
+
+/* Choose and set up the verification method of a freshly opened object. */
+static int setup_method(struct cfs_cas *cas, struct cfs_object *obj)
+{
+	struct cfs_merkle *t;
+
+	if (!cas->opts.verify || !obj->has_digest) {
+		/* No digest and not required (the open checked require_digest):
+		 * nothing to verify against. */
+		obj->method = CFS_VERIFY_OFF;
+		return 0;
+	}
+
+	if (cas->opts.method != CFS_METHOD_USERSPACE) {
+		uint8_t measured[CFS_DIGEST_SIZE];
+		int r = cas->verity.measure ? cas->verity.measure(cas->verity.userdata, obj->fd, measured)
+					    : -EOPNOTSUPP;
+
+		if (r == 0) {
+			/* The kernel checks every block of this file against
+			 * its digest; it must be the digest the image wants. */
+			if (memcmp(measured, obj->digest, CFS_DIGEST_SIZE) != 0)
+				return -EIO;
+			obj->method = CFS_VERIFY_KERNEL;
+			return 0;
+		}
+		if (cas->opts.method == CFS_METHOD_KERNEL)
+			return r;
+	}
+
+	/* The tree comes at the first read that needs it; one still in
+	 * memory is free to take now. */
+	obj->method = CFS_VERIFY_USERSPACE;
+	pthread_mutex_lock(&cas->lock);
+	t = cfs_tree_cache_take(&cas->trees, obj->digest);
+	pthread_mutex_unlock(&cas->lock);
+	if (t && t->data_size != obj->size) {
+		/* Cannot be: the digest covers the size.  Do not use it. */
+		t = cfs_merkle_free(t);
+	}
+	if (t) {
+		atomic_fetch_add(&cas->stats.trees_from_memory, 1);
+		atomic_store_explicit(&obj->tree, t, memory_order_release);
+	}
+	return 0;
+}
+
 static int object_setup(struct cfs_cas *cas, struct cfs_object *obj, uint64_t size)
 {
 	struct stat st;
@@ -540,7 +446,7 @@ static int object_setup(struct cfs_cas *cas, struct cfs_object *obj, uint64_t si
 	if ((uint64_t)st.st_size != size)
 		return -EIO;
 	obj->size = size;
-	return cfs_object_setup_method(cas, obj);
+	return setup_method(cas, obj);
 }
 
 int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redirect_len,
@@ -552,7 +458,7 @@ int cfs_cas_open_object(struct cfs_cas *cas, const char *redirect, size_t redire
 	int r;
 
 	if (redirect) {
-		r = normalize_redirect(redirect, redirect_len, &key);
+		r = cfs_redirect_normalize(redirect, redirect_len, &key);
 		if (r < 0)
 			return r;
 	}

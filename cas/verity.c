@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Verification per object: the method is chosen once when the object state
- * is set up, then every read of the userspace method hashes each covered
+ * The read path: the method is chosen once when the object state is set
+ * up (store.c), then every read of the userspace method hashes each covered
  * 4096-byte block and checks it against the Merkle tree before any of its
  * bytes reach the caller.
  */
@@ -18,64 +18,6 @@
 #define DIRECT_SEG (64 * 1024)  /* one read request per 64 KiB of aligned data */
 #define WINDOW (2 * 1024 * 1024) /* bytes handled per batch of requests */
 #define MAX_SEGS (WINDOW / DIRECT_SEG + 3)
-
-const char *cfs_verify_method_name(enum cfs_verify_method m)
-{
-	switch (m) {
-	case CFS_VERIFY_OFF:
-		return "off";
-	case CFS_VERIFY_KERNEL:
-		return "kernel";
-	case CFS_VERIFY_USERSPACE:
-		return "userspace";
-	}
-	return "unknown";
-}
-
-int cfs_object_setup_method(struct cfs_cas *cas, struct cfs_object *obj)
-{
-	struct cfs_merkle *t;
-
-	if (!cas->opts.verify || !obj->has_digest) {
-		/* No digest and not required (the open checked require_digest):
-		 * nothing to verify against. */
-		obj->method = CFS_VERIFY_OFF;
-		return 0;
-	}
-
-	if (cas->opts.method != CFS_METHOD_USERSPACE) {
-		uint8_t measured[CFS_DIGEST_SIZE];
-		int r = cas->verity.measure ? cas->verity.measure(cas->verity.userdata, obj->fd, measured)
-					    : -EOPNOTSUPP;
-
-		if (r == 0) {
-			/* The kernel checks every block of this file against
-			 * its digest; it must be the digest the image wants. */
-			if (memcmp(measured, obj->digest, CFS_DIGEST_SIZE) != 0)
-				return -EIO;
-			obj->method = CFS_VERIFY_KERNEL;
-			return 0;
-		}
-		if (cas->opts.method == CFS_METHOD_KERNEL)
-			return r;
-	}
-
-	/* The tree comes at the first read that needs it; one still in
-	 * memory is free to take now. */
-	obj->method = CFS_VERIFY_USERSPACE;
-	pthread_mutex_lock(&cas->lock);
-	t = cfs_tree_cache_take(&cas->trees, obj->digest);
-	pthread_mutex_unlock(&cas->lock);
-	if (t && t->data_size != obj->size) {
-		/* Cannot be: the digest covers the size.  Do not use it. */
-		t = cfs_merkle_free(t);
-	}
-	if (t) {
-		atomic_fetch_add(&cas->stats.trees_from_memory, 1);
-		atomic_store_explicit(&obj->tree, t, memory_order_release);
-	}
-	return 0;
-}
 
 static int file_ident(int fd, struct cfs_file_ident *ret)
 {

@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,6 +39,7 @@ uint64_t cfs_img_dirent_budget(const struct cfs_image *img);
 
 /* Record a description for cfs_img_error_detail() and return @err. */
 int cfs_img_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cfs_img_vfail(int err, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /* Put "/NAME" at @at of the path buffer *@path (capacity *@cap), growing
  * it, and NUL-terminate it.  For the walks that keep one path buffer and

@@ -29,25 +29,6 @@
 
 #include "image-priv.h"
 
-/* What the last -EFSCORRUPTED / -EOPNOTSUPP of this thread was about.
- * Thread-local, so the accessors stay lock-free; only written on errors. */
-static __thread char err_detail[192];
-
-const char *cfs_img_error_detail(void)
-{
-	return err_detail;
-}
-
-int cfs_img_fail(int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err_detail, sizeof(err_detail), fmt, ap);
-	va_end(ap);
-	return err;
-}
-
 /* ------------------------------------------------------------------ */
 /* Open                                                                 */
 
@@ -81,10 +62,10 @@ static int diag_set(struct cfs_img_diag *diag, int r, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(err_detail, sizeof(err_detail), fmt, ap);
+	cfs_img_vfail(r, fmt, ap);
 	va_end(ap);
 	if (diag)
-		snprintf(diag->reason, sizeof(diag->reason), "%s", err_detail);
+		snprintf(diag->reason, sizeof(diag->reason), "%s", cfs_img_error_detail());
 	return r;
 }
 
