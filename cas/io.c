@@ -21,6 +21,7 @@
 #define RING_ENTRIES 64
 #define SEQ_CHUNK (256 * 1024) /* read-ahead unit while building a tree */
 #define SEQ_DEPTH 4            /* read-ahead chunks in flight */
+#define BS CFS_VERITY_BLOCK_SIZE /* reads are aligned to it (O_DIRECT-safe buffers) */
 
 /*
  * A thread's ring serves one reader at a time: a cfs_io_read_segs() call or
@@ -361,11 +362,11 @@ int cfs_seqreader_new(struct cfs_io *io, int fd, uint64_t size, struct cfs_seqre
 	r->ring = ring_acquire(io);
 #endif
 	depth = r->ring ? SEQ_DEPTH : 1;
-	r->chunk_size = size < SEQ_CHUNK ? (size_t)((size + 4095) / 4096 * 4096) : SEQ_CHUNK;
+	r->chunk_size = size < SEQ_CHUNK ? (size_t)((size + BS - 1) / BS * BS) : SEQ_CHUNK;
 	if (r->chunk_size == 0)
-		r->chunk_size = 4096;
+		r->chunk_size = BS;
 	for (unsigned i = 0; i < depth; i++) {
-		if (posix_memalign((void **)&r->chunk[i].buf, 4096, r->chunk_size) != 0) {
+		if (posix_memalign((void **)&r->chunk[i].buf, BS, r->chunk_size) != 0) {
 			cfs_seqreader_free(r);
 			return -ENOMEM;
 		}

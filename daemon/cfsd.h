@@ -19,9 +19,17 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "cfs-image.h"
 #include "cas.h"
+
+/* The kernel's page size: FUSE counts max_pages in it, and the page cache
+ * takes whole pages. */
+static inline size_t cfsd_page_size(void)
+{
+	return (size_t)sysconf(_SC_PAGESIZE);
+}
 
 /* nid <-> FUSE inode number.  The root nid becomes FUSE_ROOT_ID (1); every
  * other nid n becomes n + 2, so no non-root nid can land on 1 and the

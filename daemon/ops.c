@@ -68,9 +68,9 @@ static void fill_stat(const struct cfsd *d, const struct cfs_inode *ci, struct s
 	if (S_ISCHR(ci->mode) || S_ISBLK(ci->mode))
 		st->st_rdev = ci->rdev;
 	st->st_size = (off_t)ci->size;
-	st->st_blksize = 4096;
+	st->st_blksize = CFS_BLKSZ;
 	/* As erofs reports it: the size rounded up to whole blocks. */
-	st->st_blocks = (blkcnt_t)(((ci->size + 4095) & ~(uint64_t)4095) >> 9);
+	st->st_blocks = (blkcnt_t)(((ci->size + CFS_BLKSZ - 1) & ~(uint64_t)(CFS_BLKSZ - 1)) >> 9);
 	/* The reader already gives compact inodes the superblock's build time. */
 	st->st_mtim.tv_sec = (time_t)ci->mtime;
 	st->st_mtim.tv_nsec = ci->mtime_nsec;
@@ -341,7 +341,7 @@ static void cfsd_op_statfs(fuse_req_t req, fuse_ino_t ino)
 	struct statvfs sv = {
 		.f_bsize = d->info.blksz,
 		.f_frsize = d->info.blksz,
-		.f_blocks = d->info.image_size / (d->info.blksz ? d->info.blksz : 4096),
+		.f_blocks = d->info.image_size / (d->info.blksz ? d->info.blksz : CFS_BLKSZ),
 		.f_files = d->info.inodes,
 		.f_namemax = EROFS_NAME_LEN,
 		.f_flag = ST_RDONLY,

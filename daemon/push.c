@@ -109,13 +109,13 @@ uint64_t cfsd_push_pending(struct cfsd *d)
 static void push_to_cache(struct cfsd *d, fuse_ino_t ino, const uint8_t *whole, uint64_t size,
 			  uint64_t skip_off, uint64_t skip_end)
 {
-	const uint64_t chunk = 1 << 20;
-	uint64_t ranges[2][2] = { { 0, skip_off & ~(uint64_t)4095 }, { skip_end, size } };
+	const uint64_t chunk = 1 << 20, page = cfsd_page_size();
+	uint64_t ranges[2][2] = { { 0, skip_off & ~(page - 1) }, { skip_end, size } };
 
 	if (!d->se)
 		return;
-	if (skip_end < size && skip_end % 4096)
-		ranges[1][0] = (skip_end + 4095) & ~(uint64_t)4095;
+	if (skip_end < size && skip_end % page)
+		ranges[1][0] = (skip_end + page - 1) & ~(page - 1);
 	for (int i = 0; i < 2; i++) {
 		for (uint64_t o = ranges[i][0]; o < ranges[i][1];) {
 			uint64_t n = ranges[i][1] - o < chunk ? ranges[i][1] - o : chunk;

@@ -201,8 +201,8 @@ uint32_t cfsd_uring_init_reply(struct cfsd *d, uint32_t max_write, uint16_t max_
 		goto fallback;
 	}
 	sz = max_write;
-	if ((size_t)max_pages * 4096 > sz)
-		sz = (size_t)max_pages * 4096;
+	if ((size_t)max_pages * cfsd_page_size() > sz)
+		sz = (size_t)max_pages * cfsd_page_size();
 	if (sz < 8192)
 		sz = 8192;
 	U.payload_sz = sz;
@@ -425,7 +425,7 @@ static int queue_setup(struct queue *q)
 		struct entry *e = &q->ents[i];
 
 		if (posix_memalign((void **)&e->hdr, 64, sizeof(*e->hdr)) != 0 ||
-		    posix_memalign((void **)&e->payload, 4096, U.payload_sz) != 0)
+		    posix_memalign((void **)&e->payload, cfsd_page_size(), U.payload_sz) != 0)
 			return -ENOMEM;
 		memset(e->hdr, 0, sizeof(*e->hdr));
 		e->q = q;

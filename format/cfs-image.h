@@ -19,6 +19,11 @@
 
 #include "cfs-util.h"
 
+/* The one EROFS block size composefs images use (the reader refuses others;
+ * the writer writes it). */
+#define CFS_BLKSZ_BITS 12
+#define CFS_BLKSZ (1U << CFS_BLKSZ_BITS)
+
 #define CFS_MAGIC 0xd078629aU
 #define CFS_HEADER_VERSION 1
 #define CFS_HEADER_FLAGS_HAS_ACL (1U << 0)
@@ -30,7 +35,7 @@ struct cfs_img_info {
 	uint32_t header_version;    /* composefs header version (1) */
 	uint32_t header_flags;      /* CFS_HEADER_FLAGS_* */
 	uint32_t composefs_version; /* format version written (0 or 1) */
-	uint32_t blksz;             /* EROFS block size (4096) */
+	uint32_t blksz;             /* EROFS block size (CFS_BLKSZ) */
 	uint64_t root_nid;
 	uint64_t inodes;            /* superblock inode count */
 	uint64_t build_time;        /* mtime of compact inodes */

@@ -19,8 +19,6 @@
 #include "erofs-disk.h"
 #include "image-internal.h"
 
-#define CFS_BLKSZ_BITS 12
-#define CFS_BLKSZ (1U << CFS_BLKSZ_BITS)
 #define HUGE_PAGE_SIZE (2U << 20)
 
 /* Incompatible features whose on-disk effect we understand.  ZERO_PADDING
