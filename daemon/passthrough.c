@@ -38,65 +38,7 @@
 #include <unistd.h>
 
 #include "cfsd.h"
-
-/* Kernel protocol constants (include/uapi/linux/fuse.h, 7.40+); Debian 12's
- * linux-libc-dev predates passthrough, so they are spelled out here. */
-#define PT_FUSE_INIT 26
-#define PT_INIT_EXT (1U << 30)
-#define PT_WRITEBACK_CACHE (1U << 16)
-#define PT_FLAGS2_PASSTHROUGH (1U << 5) /* FUSE_PASSTHROUGH = 1ULL << 37 */
-#define PT_FOPEN_KEEP_CACHE (1U << 1)
-#define PT_FOPEN_PASSTHROUGH (1U << 7)
-
-struct pt_in_header {
-	uint32_t len;
-	uint32_t opcode;
-	uint64_t unique;
-	uint64_t nodeid;
-	uint32_t uid, gid, pid;
-	uint16_t total_extlen, padding;
-};
-
-struct pt_init_in {
-	uint32_t major, minor, max_readahead, flags, flags2;
-};
-
-struct pt_out_header {
-	uint32_t len;
-	int32_t error;
-	uint64_t unique;
-};
-
-struct pt_init_out {
-	uint32_t major, minor, max_readahead, flags;
-	uint16_t max_background, congestion_threshold;
-	uint32_t max_write, time_gran;
-	uint16_t max_pages, map_alignment;
-	uint32_t flags2;
-	uint32_t max_stack_depth;
-};
-
-struct pt_open_out {
-	uint64_t fh;
-	uint32_t open_flags;
-	int32_t backing_id;
-};
-
-struct pt_backing_map {
-	int32_t fd;
-	uint32_t flags;
-	uint64_t padding;
-};
-
-#define PT_IOC_BACKING_OPEN _IOW(229, 1, struct pt_backing_map)
-#define PT_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
-
-_Static_assert(sizeof(struct pt_in_header) == 40, "fuse_in_header");
-_Static_assert(sizeof(struct pt_out_header) == 16, "fuse_out_header");
-_Static_assert(offsetof(struct pt_init_out, flags2) == 32, "fuse_init_out.flags2");
-_Static_assert(offsetof(struct pt_init_out, max_stack_depth) == 36, "fuse_init_out.max_stack_depth");
-_Static_assert(sizeof(struct pt_open_out) == 16, "fuse_open_out");
-_Static_assert(sizeof(struct pt_backing_map) == 16, "fuse_backing_map");
+#include "fuse-kernel.h"
 
 static atomic_bool pt_negotiated, pt_disabled;
 static const char *pt_state = "off";
@@ -173,7 +115,7 @@ static __thread int pt_reply_backing_id = -1;
 static ssize_t pt_read(int fd, void *buf, size_t len, void *userdata)
 {
 	ssize_t n = read(fd, buf, len);
-	const struct pt_in_header *in = buf;
+	const struct kfuse_in_header *in = buf;
 
 	if (n >= (ssize_t)(sizeof(*in) + sizeof(struct pt_init_in)) && in->opcode == PT_FUSE_INIT &&
 	    !atomic_load(&pt_negotiated)) {
@@ -204,7 +146,7 @@ static ssize_t flatten(const struct iovec *iov, int count, char *buf, size_t buf
 static ssize_t pt_write_patched(int fd, const struct iovec *iov, int count, bool is_open, int backing_id)
 {
 	char buf[256] __attribute__((aligned(8)));
-	struct pt_out_header *out = (struct pt_out_header *)buf;
+	struct kfuse_out_header *out = (struct kfuse_out_header *)buf;
 	ssize_t total = flatten(iov, count, buf, sizeof(buf));
 
 	if (total < 0)
@@ -253,7 +195,7 @@ static ssize_t pt_write_patched(int fd, const struct iovec *iov, int count, bool
 
 static ssize_t pt_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
-	const struct pt_out_header *out = iov[0].iov_base;
+	const struct kfuse_out_header *out = iov[0].iov_base;
 	int id = pt_reply_backing_id;
 
 	if (count < 1 || iov[0].iov_len < sizeof(*out))

@@ -23,7 +23,8 @@
  *    FUSE_IO_URING_CMD_COMMIT_AND_FETCH.
  * FORGET, INTERRUPT and notifications still go through /dev/fuse, served by
  * libfuse's own loop.  Layouts are the kernel's include/uapi/linux/fuse.h
- * (7.42), spelled out since Debian 12's headers predate them.
+ * (7.42), spelled out in fuse-kernel.h since Debian 12's headers predate
+ * them.
  */
 #include "config.h"
 
@@ -40,56 +41,14 @@
 #include <unistd.h>
 
 #include "cfsd.h"
+#include "fuse-kernel.h"
 
 #if HAVE_IO_URING
 #include <liburing.h>
 
-#define URING_FLAGS2_OVER_IO_URING (1U << 9) /* FUSE_OVER_IO_URING = 1ULL << 41 */
-#define URING_CMD_REGISTER 1
-#define URING_CMD_COMMIT_AND_FETCH 2
 #define QUEUE_DEPTH 16
 #define READ_WORKERS 4
-#define FUSE_OP_READ 15
 #define MAX_QUEUES 64
-
-struct ring_ent_in_out {
-	uint64_t flags;
-	uint64_t commit_id;
-	uint32_t payload_sz;
-	uint32_t padding;
-	uint64_t reserved;
-};
-
-struct ring_header {
-	char in_out[128];  /* fuse_in_header, then fuse_out_header */
-	char op_in[128];   /* the opcode's own header */
-	struct ring_ent_in_out ent;
-};
-
-struct ring_cmd_req {
-	uint64_t flags;
-	uint64_t commit_id;
-	uint16_t qid;
-	uint8_t padding[6];
-};
-
-struct fuse_in_hdr {
-	uint32_t len, opcode;
-	uint64_t unique, nodeid;
-	uint32_t uid, gid, pid;
-	uint16_t total_extlen, padding;
-};
-
-struct fuse_out_hdr {
-	uint32_t len;
-	int32_t error;
-	uint64_t unique;
-};
-
-_Static_assert(sizeof(struct ring_ent_in_out) == 32, "fuse_uring_ent_in_out");
-_Static_assert(sizeof(struct ring_header) == 288, "fuse_uring_req_header");
-_Static_assert(sizeof(struct ring_cmd_req) == 24, "fuse_uring_cmd_req");
-_Static_assert(sizeof(struct fuse_in_hdr) == 40, "fuse_in_header");
 
 struct queue;
 
@@ -237,7 +196,7 @@ static struct io_uring_sqe *cmd_sqe(struct queue *q, struct entry *e, uint32_t o
 /* An error reply in @e for the request @unique. */
 static void set_error(struct entry *e, uint64_t unique, int err)
 {
-	struct fuse_out_hdr *out = (void *)e->hdr->in_out;
+	struct kfuse_out_header *out = (void *)e->hdr->in_out;
 
 	memset(out, 0, sizeof(*out));
 	out->len = sizeof(*out);
@@ -248,7 +207,7 @@ static void set_error(struct entry *e, uint64_t unique, int err)
 
 static void handle(struct queue *q, struct entry *e)
 {
-	const struct fuse_in_hdr *in = (const void *)e->hdr->in_out;
+	const struct kfuse_in_header *in = (const void *)e->hdr->in_out;
 	uint32_t payload = e->hdr->ent.payload_sz;
 	size_t op_len;
 	struct fuse_buf buf = { 0 };
@@ -304,7 +263,7 @@ bool cfsd_uring_reply(const struct iovec *iov, int count, ssize_t *ret)
 {
 	struct queue *q = cur_queue;
 	struct entry *e = cur_ent;
-	const struct fuse_out_hdr *out;
+	const struct kfuse_out_header *out;
 	size_t total = 0, off = 0;
 
 	if (!e || count < 1 || iov[0].iov_len < sizeof(*out))
@@ -418,7 +377,7 @@ static int queue_setup(struct queue *q)
 	q->efd = eventfd(0, EFD_CLOEXEC);
 	if (q->efd < 0 || !arm_eventfd(q))
 		return q->efd < 0 ? -errno : -EBUSY;
-	q->reqbuf = malloc(sizeof(struct fuse_in_hdr) + 128 + U.payload_sz);
+	q->reqbuf = malloc(sizeof(struct kfuse_in_header) + 128 + U.payload_sz);
 	if (!q->reqbuf)
 		return -ENOMEM;
 	for (unsigned i = 0; i < QUEUE_DEPTH; i++) {
