@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* Helpers shared by the tree, the dump parser and the image writer. */
+/* Helpers shared by the tree, its loaders (dump parser, directory scan,
+ * image loader) and the image writer. */
 #pragma once
 
 #include <limits.h>
@@ -50,6 +51,38 @@ int cfs_node_set_payload(struct cfs_node *node, const char *payload);
 int cfs_node_set_content(struct cfs_node *node, const void *data, size_t len);
 /* Remove an xattr by name.  -ENODATA if absent. */
 int cfs_node_unset_xattr(struct cfs_node *node, const char *key);
+/* cfs_node_set_xattr() with another budget than CFS_XATTR_EXTERNAL_MAX. */
+#define CFS_XATTR_IMAGE_MAX UINT16_MAX /* upstream's budget for what an image holds */
+int cfs_node_set_xattr_limit(struct cfs_node *node, const char *key, const void *value,
+			     size_t len, size_t limit);
+/* After changing node->xattrs other than through the calls above (renaming,
+ * sorting): forget the index by name. */
+void cfs_node_xattrs_changed(struct cfs_node *node);
+
+/* Add @child at the end of @parent's children, as cfs_node_add_child()
+ * does but without keeping them sorted nor looking for the name (no
+ * -EEXIST): for loaders that meet many names out of order and sort once,
+ * with cfs_node_sort_children() (-EEXIST if two children have one name). */
+int cfs_node_append_child(struct cfs_node *parent, struct cfs_node *child, const char *name);
+int cfs_node_sort_children(struct cfs_node *node);
+/* A new hard link to @target: its mode, link_to set.  NULL on ENOMEM. */
+struct cfs_node *cfs_node_new_link(struct cfs_node *target);
+
+/* The first node met for each inode, for hard links: keyed by (device,
+ * inode number) when scanning, by (0, nid) when loading an image.  Open
+ * addressing, at most half full. */
+struct cfs_node_table_slot {
+	uint64_t a, b;
+	struct cfs_node *node;
+};
+struct cfs_node_table {
+	struct cfs_node_table_slot *slots;
+	size_t n_slots, n_used;
+};
+struct cfs_node *cfs_node_table_find(const struct cfs_node_table *t, uint64_t a, uint64_t b);
+/* Remember @node for a key not in the table yet.  0 or -ENOMEM. */
+int cfs_node_table_add(struct cfs_node_table *t, uint64_t a, uint64_t b, struct cfs_node *node);
+void cfs_node_table_clear(struct cfs_node_table *t);
 
 /* malloc'ed printf, NULL on ENOMEM. */
 char *cfs_strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -177,14 +177,16 @@ static void chunking(uint64_t size, unsigned *ret_bits, uint64_t *ret_count)
  * zero, as upstream does (its writer works on a copy of the tree that does
  * not carry the budget over), so that the xattrs the writer adds are
  * accepted or refused exactly as upstream. */
-static void update_version(struct wctx *w, struct cfs_node *node)
+static int update_version(void *userdata, struct cfs_node *node, const char *path)
 {
+	struct wctx *w = userdata;
+
+	if (node->link_to)
+		return 0;
 	node->xattr_budget = 0;
 	if (w->version < 1 && w->opts->max_version >= 1 && is_whiteout(node))
 		w->version = 1;
-	for (size_t i = 0; i < node->n_children; i++)
-		if (!node->children[i]->link_to)
-			update_version(w, node->children[i]);
+	return 0;
 }
 
 static int add_overlay_xattrs(struct wctx *w, struct cfs_node *node)
@@ -202,6 +204,7 @@ static int add_overlay_xattrs(struct wctx *w, struct cfs_node *node)
 			return -ENOMEM;
 		free(x->key);
 		x->key = k;
+		cfs_node_xattrs_changed(node);
 	}
 
 	if (is_external(node)) {
@@ -275,12 +278,29 @@ static int node_error(struct wctx *w, const struct cfs_node *node, int r)
 	return r;
 }
 
-static int rewrite_node(struct wctx *w, struct cfs_node *node, struct cfs_node *parent)
+/* Check one node and add what overlayfs needs to it; "." and ".." to a
+ * directory, before its children are walked. */
+static int rewrite_node(void *userdata, struct cfs_node *node, const char *path)
 {
+	struct wctx *w = userdata;
+	struct cfs_node *parent = node == w->root ? node : node->parent;
 	int r;
 
-	if (!cfs_mode_valid(node->mode))
+	if (node->name && strchr(node->name, '/'))
 		return node_error(w, node, -EINVAL);
+	if (node->link_to) {
+		const struct cfs_node *t = cfs_node_follow(node);
+
+		/* Only the writer's own "." and ".." name a directory twice. */
+		if (t && cfs_node_is_dir(t) && strcmp(node->name, ".") != 0 &&
+		    strcmp(node->name, "..") != 0)
+			return node_error(w, node, -EINVAL);
+		return 0;
+	}
+	if (!cfs_mode_valid(node->mode) || (!cfs_node_is_dir(node) && node->n_children))
+		return node_error(w, node, -EINVAL);
+	if (node->payload && strlen(node->payload) >= CFS_PATH_MAX)
+		return node_error(w, node, -ENAMETOOLONG);
 	if (is_external(node)) {
 		unsigned bits;
 		uint64_t count;
@@ -295,14 +315,6 @@ static int rewrite_node(struct wctx *w, struct cfs_node *node, struct cfs_node *
 		return 0;
 	if ((r = add_link(node, ".", node)) < 0 || (r = add_link(node, "..", parent)) < 0)
 		return r;
-	for (size_t i = 0; i < node->n_children; i++) {
-		struct cfs_node *child = node->children[i];
-		if (child->link_to)
-			continue;
-		r = rewrite_node(w, child, node);
-		if (r < 0)
-			return r;
-	}
 	return 0;
 }
 
@@ -372,8 +384,10 @@ static int compute_tree(struct wctx *w)
 					n++;
 			node->nlink = n;
 		}
-		if (node->n_xattrs > 1)
+		if (node->n_xattrs > 1) {
 			qsort(node->xattrs, node->n_xattrs, sizeof(*node->xattrs), cmp_xattr_key);
+			cfs_node_xattrs_changed(node);
+		}
 		if (node->mtime_sec < w->min_mtime_sec ||
 		    (node->mtime_sec == w->min_mtime_sec && node->mtime_nsec < w->min_mtime_nsec)) {
 			w->min_mtime_sec = node->mtime_sec;
@@ -957,9 +971,14 @@ int cfs_write_image(struct cfs_node *root, const struct cfs_write_options *opts,
 	if (o.max_version < o.min_version)
 		o.max_version = o.min_version;
 	w.version = o.min_version;
-	update_version(&w, root);
+	update_version(&w, root, "/");
+	r = cfs_node_walk(root, update_version, &w);
+	if (r < 0)
+		return r;
 
-	r = rewrite_node(&w, root, root);
+	r = rewrite_node(&w, root, "/");
+	if (r >= 0)
+		r = cfs_node_walk(root, rewrite_node, &w);
 	if (r < 0)
 		return r;
 	r = cfs_node_set_xattr(root, CFS_OVL_PREFIX "opaque", "y", 1);
