@@ -136,8 +136,8 @@ int cfs_node_walk(struct cfs_node *root, cfs_node_walk_fn fn, void *userdata);
  * like `composefs-info --filter`.  No recursion; any corruption fails the
  * whole load: -EFSCORRUPTED, -EOPNOTSUPP, -EFBIG (more than a dump can hold:
  * inline content over CFS_INLINE_CONTENT_MAX, xattrs over budget), -ENOMEM.
- * On failure, if @ret_diag is not NULL, its reason describes the first
- * two ("" otherwise). */
+ * On failure, if @ret_diag is not NULL, its reason says what was corrupt,
+ * unsupported or too large (cfs_img_error_detail()); "" for other errors. */
 int cfs_tree_from_image(const struct cfs_image *img, const char *const *toplevel,
 			struct cfs_node **ret_root, struct cfs_img_diag *ret_diag);
 
