@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * composefs-dump IMAGE OUTPUT: read a composefs image and write it again
- * with its own format version.  The image is read with the bounds-checked
- * reader, printed as a dump (exactly as `composefs-info dump` prints it),
- * parsed back and written by the writer: for an image made by a conforming
- * mkcomposefs the output has the same bytes.
+ * with its own format version.  The image is loaded into the writer's tree
+ * (the tree `composefs-info dump` prints, the one its dump parses into) and
+ * written again: for an image made by a conforming mkcomposefs the output
+ * has the same bytes.
  */
 #include "config.h"
 
@@ -51,12 +51,10 @@ int main(int argc, char **argv)
 {
 	_cleanup_(cfs_img_unrefp) struct cfs_image *img = NULL;
 	_cleanup_(cfs_node_freep) struct cfs_node *root = NULL;
-	_cleanup_free_ char *text = NULL, *err = NULL;
+	_cleanup_free_ char *err = NULL, *bad_path = NULL;
 	struct membuf out = { 0 };
 	struct cfs_img_diag diag;
 	struct cfs_img_info info;
-	size_t text_len = 0;
-	FILE *mem;
 	int fd, r;
 
 	for (int i = 1; i < argc; i++) {
@@ -92,31 +90,23 @@ int main(int argc, char **argv)
 	if (info.composefs_version > CFS_VERSION_MAX)
 		die("%s: unsupported composefs format version %u", argv[1], info.composefs_version);
 
-	mem = open_memstream(&text, &text_len);
-	if (!mem)
-		die("out of memory");
-	r = cfs_img_print_dump(img, mem);
-	if (fclose(mem) != 0 && r >= 0)
-		r = -ENOMEM;
+	r = cfs_tree_from_image(img, NULL, &root, &diag);
 	if (r < 0)
-		die_reader(argv[1], r, cfs_img_error_detail());
-
-	r = cfs_dump_parse_mem(text, text_len, 0, &root, &err);
-	if (r < 0)
-		die("%s: cannot rebuild the image from its contents: %s", argv[1],
-		    err ? err : strerror(-r));
+		die_reader(argv[1], r, diag.reason);
 
 	struct cfs_write_options wo = {
 		.min_version = info.composefs_version,
 		.max_version = info.composefs_version,
 		.write = membuf_write,
 		.userdata = &out,
+		.ret_error_path = &bad_path,
 	};
 	r = cfs_write_image(root, &wo, NULL);
+	if (r < 0 && bad_path)
+		die("%s: cannot rebuild the image from its contents: %s: %s", argv[1], bad_path,
+		    strerror(-r));
 	if (r < 0)
 		die("%s: cannot write image: %s", argv[2], strerror(-r));
-	free(err);
-	err = NULL;
 	if (output_write(argv[2], &out, &err) < 0)
 		die("%s", err ? err : "out of memory");
 	free(out.data);

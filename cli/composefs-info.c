@@ -17,6 +17,8 @@
 
 #include "cas.h"
 #include "cfs-image.h"
+#include "cfs-writer.h"
+#include "info-list.h"
 #include "info-sign.h"
 #include "info-verify.h"
 
@@ -95,14 +97,25 @@ static int open_image(const char *path, struct cfs_image **ret_img)
 	return 0;
 }
 
-static int load_error(const char *path, int r)
+/* Load the tree of an image (as upstream's tool does) and report a
+ * failure in one line naming it. */
+static int load_tree(const char *path, struct cfs_node **ret_root)
 {
-	const char *detail = cfs_img_error_detail();
+	_cleanup_(cfs_img_unrefp) struct cfs_image *img = NULL;
+	struct cfs_img_diag diag;
+	const char *detail = diag.reason;
+	int r;
 
+	r = open_image(path, &img);
+	if (r < 0)
+		return r;
+	r = cfs_tree_from_image(img, (const char *const *)arg_filter, ret_root, &diag);
+	if (r >= 0)
+		return 0;
 	if (r == -EFSCORRUPTED)
 		fprintf(stderr, "composefs-info: Failed to load '%s': corrupt image: %s\n", path,
 			*detail ? detail : strerror(-r));
-	else if ((r == -EOPNOTSUPP || r == -EFBIG) && *detail)
+	else if (*detail)
 		fprintf(stderr, "composefs-info: Failed to load '%s': %s: %s\n", path, strerror(-r),
 			detail);
 	else
@@ -111,25 +124,27 @@ static int load_error(const char *path, int r)
 }
 
 /* ls / dump: print one image; nothing of it if it is corrupt. */
-static int print_image(const char *path, enum cfs_img_listing what)
+static int print_image(const char *path, bool ls)
 {
-	_cleanup_(cfs_img_unrefp) struct cfs_image *img = NULL;
+	_cleanup_(cfs_node_freep) struct cfs_node *root = NULL;
 	_cleanup_free_ char *buf = NULL;
 	size_t len = 0;
 	FILE *mem;
 	int r;
 
-	r = open_image(path, &img);
+	r = load_tree(path, &root);
 	if (r < 0)
 		return r;
 	mem = open_memstream(&buf, &len);
 	if (!mem)
-		return load_error(path, -errno);
-	r = cfs_img_print_listing(img, what, (const char *const *)arg_filter, mem);
+		return -errno;
+	r = ls ? cfs_info_print_ls(root, mem) : cfs_dump_print(root, mem);
 	if (fclose(mem) != 0 && r >= 0)
 		r = -errno;
-	if (r < 0)
-		return load_error(path, r);
+	if (r < 0) {
+		fprintf(stderr, "composefs-info: Failed to print '%s': %s\n", path, strerror(-r));
+		return r;
+	}
 	if (fwrite(buf, 1, len, stdout) != len)
 		return -EIO;
 	return 0;
@@ -215,14 +230,15 @@ static int list_objects(int nimages, char **images, bool missing, const struct b
 	int r = 0;
 
 	for (int i = 0; i < nimages && r >= 0; i++) {
-		_cleanup_(cfs_img_unrefp) struct cfs_image *img = NULL;
+		_cleanup_(cfs_node_freep) struct cfs_node *root = NULL;
 
-		r = open_image(images[i], &img);
+		r = load_tree(images[i], &root);
 		if (r < 0)
 			break;
-		r = cfs_img_list_objects(img, (const char *const *)arg_filter, collect_object, &o);
+		r = cfs_info_list_objects(root, collect_object, &o);
 		if (r < 0)
-			load_error(images[i], r);
+			fprintf(stderr, "composefs-info: Failed to list the objects of '%s': %s\n",
+				images[i], strerror(-r));
 	}
 	if (r >= 0) {
 		if (o.n)
@@ -415,8 +431,7 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "ls") == 0 || strcmp(cmd, "dump") == 0) {
 		r = 0;
 		for (int i = 0; i < nops && r >= 0; i++)
-			r = print_image(operands[i],
-					strcmp(cmd, "ls") == 0 ? CFS_IMG_LIST_LS : CFS_IMG_LIST_DUMP);
+			r = print_image(operands[i], strcmp(cmd, "ls") == 0);
 	} else if (strcmp(cmd, "verify") == 0) {
 		vo.basedir = arg_basedir;
 		r = verify_images(nops, operands, &vo);

@@ -207,24 +207,6 @@ typedef int (*cfs_walk_fn)(void *userdata, const struct cfs_inode *dir, const ch
 int cfs_img_walk(const struct cfs_image *img, cfs_walk_fn fn, void *userdata);
 
 /* Print the image as a composefs dump file, exactly as upstream
- * `composefs-info dump` does. */
+ * `composefs-info dump` does: cfs_tree_from_image() and cfs_dump_print()
+ * (cfs-writer.h), which the other views of `composefs-info` build on. */
 int cfs_img_print_dump(const struct cfs_image *img, FILE *out);
-
-/* Upstream composefs-info views of an image.  They load the tree the way
- * upstream's reader does (skipping the 00..ff whiteouts, hiding and
- * unescaping overlay xattrs, turning escaped whiteouts back into 0:0
- * character devices, hard links as '@' entries) and print nothing if any
- * part of the image is corrupt.  @toplevel (NULL or a NULL-terminated list)
- * restricts the root to the named entries, like `composefs-info --filter`. */
-enum cfs_img_listing {
-	CFS_IMG_LIST_DUMP, /* `composefs-info dump` */
-	CFS_IMG_LIST_LS,   /* `composefs-info ls` */
-};
-int cfs_img_print_listing(const struct cfs_image *img, enum cfs_img_listing what,
-			  const char *const *toplevel, FILE *out);
-/* Calls @fn for each regular file's backing path as upstream reports it for
- * `composefs-info objects` (the redirect without its leading '/'), in tree
- * order, duplicates included.  Same return convention as cfs_dirent_fn. */
-typedef int (*cfs_object_fn)(void *userdata, const char *path);
-int cfs_img_list_objects(const struct cfs_image *img, const char *const *toplevel,
-			 cfs_object_fn fn, void *userdata);

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "cfs-image.h"
 #include "cfs-util.h"
 
 /* Format versions this writer can produce. */
@@ -56,6 +57,8 @@ struct cfs_node {
 	struct cfs_xattr *xattrs;
 	size_t n_xattrs, xattrs_cap;
 	size_t xattr_budget;       /* upstream's conservative size accounting */
+	uint32_t *xattr_slots;     /* tree.c's index of the xattrs by name, or NULL */
+	size_t n_xattr_slots, used_xattr_slots;
 	bool digest_set;
 	uint8_t digest[CFS_DIGEST_SIZE];
 
@@ -102,6 +105,42 @@ int cfs_dump_parse_mem(const void *data, size_t size, unsigned flags, struct cfs
 		       char **ret_err);
 int cfs_dump_parse_file(FILE *in, unsigned flags, struct cfs_node **ret_root, char **ret_err);
 
+/* Dump printing: @root and everything below it as composefs-dump(5) text,
+ * exactly as upstream `composefs-info dump` prints it.  -EIO on a write
+ * error of @out, -ENOMEM. */
+int cfs_dump_print(const struct cfs_node *root, FILE *out);
+/* How cfs_dump_print() escapes a field (also for `composefs-info ls`):
+ * backslash, \n, \r, \t and \xHH for what is not printable. */
+#define CFS_ESC_NO_SPACE (1U << 0)  /* keep spaces (ls) */
+#define CFS_ESC_EQUAL (1U << 1)     /* escape '=' (xattrs) */
+#define CFS_ESC_LONE_DASH (1U << 2) /* a lone "-" would read as "unset" */
+void cfs_print_escaped(FILE *out, const char *s, size_t len, unsigned flags);
+
+/* Walk the tree below @root (not @root itself) depth first, children in
+ * order, without recursion.  @fn gets each node and its path from the root
+ * ("/a/b"); it may change that node, adding children to it too (they are
+ * walked).  Return 0 from @fn to continue, anything else stops the walk and
+ * is returned; the walk itself may fail with -ENOMEM. */
+typedef int (*cfs_node_walk_fn)(void *userdata, struct cfs_node *node, const char *path);
+int cfs_node_walk(struct cfs_node *root, cfs_node_walk_fn fn, void *userdata);
+
+/* Loading an image, as upstream's lcfs_load_node_from_image() does: the
+ * tree the dump parser makes from the image's dump.  The 256 whiteouts
+ * (0:0 character devices) are dropped, overlay xattrs hidden or unescaped,
+ * an escaped whiteout becomes a 0:0 character device again; the first path
+ * of an inode in depth-first order holds it and later ones are link_to
+ * nodes; xattrs are counted against upstream's image budget (UINT16_MAX).
+ * A hard link to a directory (which cfs_write_image() refuses) and names
+ * with '/' are kept as the image has them, for the printers.  @toplevel
+ * (NULL or a NULL-terminated list) keeps only the named entries of the root,
+ * like `composefs-info --filter`.  No recursion; any corruption fails the
+ * whole load: -EFSCORRUPTED, -EOPNOTSUPP, -EFBIG (more than a dump can hold:
+ * inline content over CFS_INLINE_CONTENT_MAX, xattrs over budget), -ENOMEM.
+ * On failure, if @ret_diag is not NULL, its reason says what was corrupt,
+ * unsupported or too large (cfs_img_error_detail()); "" for other errors. */
+int cfs_tree_from_image(const struct cfs_image *img, const char *const *toplevel,
+			struct cfs_node **ret_root, struct cfs_img_diag *ret_diag);
+
 /* Scanning a directory: @path relative to @dirfd.  Reads metadata, symlink
  * targets and xattrs, not file contents (regular files get size only; the
  * caller fills content, digest and payload).  Hard links inside the tree are
@@ -121,8 +160,11 @@ int cfs_tree_from_dir(int dirfd, const char *path, unsigned flags, struct cfs_no
  * max_version; max_version < min_version counts as min_version (upstream
  * rule).  The tree is modified in place (overlay xattrs, whiteouts, "." and
  * ".."), so write a tree once.  Returns 0 and the version written, or
- * -EINVAL (bad version, invalid node), -EFBIG (file too big for a chunk
- * table), -ERANGE (xattrs over budget), -ELOOP, or the error of @write. */
+ * -EINVAL (bad version, invalid node: bad mode, children of a non-directory,
+ * a name with '/', a hard link to a directory), -ENAMETOOLONG (a payload of
+ * PATH_MAX or more), -EFBIG (file too big for a chunk table), -ERANGE
+ * (xattrs over budget), -ELOOP, or the error of @write.  The tree may be as
+ * deep as memory allows: nothing recurses. */
 typedef int (*cfs_write_fn)(void *userdata, const void *buf, size_t len);
 struct cfs_write_options {
 	uint32_t min_version;

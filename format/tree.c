@@ -1,17 +1,15 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The in-memory tree the writer serialises: nodes, sorted children, xattrs
- * with upstream's size budget, and building a tree from a directory.
+ * with upstream's size budget (indexed by name), the table of hard-linked
+ * inodes the loaders share, and the walk the printers use.
  */
-#include <dirent.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/xattr.h>
-#include <unistd.h>
 
 #include "erofs-disk.h"
+#include "image-internal.h"
 #include "writer-internal.h"
 
 char *cfs_strdup_printf(const char *fmt, ...)
@@ -45,6 +43,7 @@ static void node_free_data(struct cfs_node *node)
 		free(node->xattrs[i].value);
 	}
 	free(node->xattrs);
+	free(node->xattr_slots);
 	free(node->children);
 	free(node);
 }
@@ -111,10 +110,12 @@ struct cfs_node *cfs_node_lookup_child(const struct cfs_node *node, const char *
 	return bsearch_child(node, name, NULL);
 }
 
-int cfs_node_add_child(struct cfs_node *parent, struct cfs_node *child, const char *name)
+/* The checks of cfs_node_add_child() but the duplicate one; a copy of
+ * @name in *ret_dup and room for one more child. */
+static int child_prepare(struct cfs_node *parent, struct cfs_node *child, const char *name,
+			 char **ret_dup)
 {
-	size_t len, pos;
-	char *dup;
+	size_t len;
 
 	if (!cfs_node_is_dir(parent))
 		return -ENOTDIR;
@@ -125,20 +126,78 @@ int cfs_node_add_child(struct cfs_node *parent, struct cfs_node *child, const ch
 		return -ENAMETOOLONG;
 	if (child->name || child->parent)
 		return -EMLINK;
-	if (bsearch_child(parent, name, &pos))
-		return -EEXIST;
 	if (CFS_GROW(parent->children, parent->children_cap, parent->n_children + 1) < 0)
 		return -ENOMEM;
-	dup = strdup(name);
-	if (!dup)
-		return -ENOMEM;
+	*ret_dup = strdup(name);
+	return *ret_dup ? 0 : -ENOMEM;
+}
+
+static void child_insert(struct cfs_node *parent, struct cfs_node *child, char *name, size_t pos)
+{
 	memmove(parent->children + pos + 1, parent->children + pos,
 		(parent->n_children - pos) * sizeof(*parent->children));
 	parent->children[pos] = child;
 	parent->n_children++;
 	child->parent = parent;
-	child->name = dup;
+	child->name = name;
+}
+
+int cfs_node_add_child(struct cfs_node *parent, struct cfs_node *child, const char *name)
+{
+	size_t pos;
+	char *dup;
+	int r;
+
+	r = child_prepare(parent, child, name, &dup);
+	if (r < 0)
+		return r;
+	if (bsearch_child(parent, name, &pos)) {
+		free(dup);
+		return -EEXIST;
+	}
+	child_insert(parent, child, dup, pos);
 	return 0;
+}
+
+int cfs_node_append_child(struct cfs_node *parent, struct cfs_node *child, const char *name)
+{
+	char *dup;
+	int r = child_prepare(parent, child, name, &dup);
+
+	if (r < 0)
+		return r;
+	child_insert(parent, child, dup, parent->n_children);
+	return 0;
+}
+
+static int cmp_child(const void *a, const void *b)
+{
+	const struct cfs_node *x = *(const struct cfs_node *const *)a;
+	const struct cfs_node *y = *(const struct cfs_node *const *)b;
+
+	return strcmp(x->name, y->name);
+}
+
+int cfs_node_sort_children(struct cfs_node *node)
+{
+	if (node->n_children < 2)
+		return 0;
+	qsort(node->children, node->n_children, sizeof(*node->children), cmp_child);
+	for (size_t i = 1; i < node->n_children; i++)
+		if (strcmp(node->children[i - 1]->name, node->children[i]->name) == 0)
+			return -EEXIST;
+	return 0;
+}
+
+struct cfs_node *cfs_node_new_link(struct cfs_node *target)
+{
+	struct cfs_node *link = cfs_node_new();
+
+	if (link) {
+		link->mode = target->mode;
+		link->link_to = target;
+	}
+	return link;
 }
 
 char *cfs_node_path(const struct cfs_node *node)
@@ -216,8 +275,89 @@ int cfs_node_set_content(struct cfs_node *node, const void *data, size_t len)
 	return 0;
 }
 
+/* ---- xattrs ---------------------------------------------------------------- */
+
+/* A node's xattrs by name: open addressing over node->xattr_slots, whose
+ * values are an index into node->xattrs plus one, XSLOT_EMPTY or XSLOT_GONE
+ * (a removed name).  Built once a node has XATTR_INDEX_MIN xattrs: a hostile
+ * image may give one inode thousands, and a linear search per xattr would
+ * make loading it quadratic.  An index that cannot be allocated is dropped
+ * (lookups fall back to the linear search). */
+#define XSLOT_EMPTY 0
+#define XSLOT_GONE UINT32_MAX
+#define XATTR_INDEX_MIN 8
+
+static size_t xname_hash(const char *s)
+{
+	uint64_t h = UINT64_C(0xcbf29ce484222325); /* FNV-1a */
+
+	for (; *s; s++)
+		h = (h ^ (uint8_t)*s) * UINT64_C(0x100000001b3);
+	return (size_t)(h ^ (h >> 32));
+}
+
+/* The slot holding @key, or the empty slot where its probe ends. */
+static size_t xslot_find(const struct cfs_node *node, const char *key)
+{
+	size_t mask = node->n_xattr_slots - 1;
+
+	for (size_t i = xname_hash(key) & mask;; i = (i + 1) & mask) {
+		uint32_t v = node->xattr_slots[i];
+
+		if (v == XSLOT_EMPTY)
+			return i;
+		if (v != XSLOT_GONE && strcmp(node->xattrs[v - 1].key, key) == 0)
+			return i;
+	}
+}
+
+void cfs_node_xattrs_changed(struct cfs_node *node)
+{
+	free(node->xattr_slots);
+	node->xattr_slots = NULL;
+	node->n_xattr_slots = node->used_xattr_slots = 0;
+}
+
+/* (Re)build the index with at least three quarters of its slots empty. */
+static void xindex_build(struct cfs_node *node)
+{
+	size_t want = 16;
+
+	cfs_node_xattrs_changed(node);
+	while (want < (node->n_xattrs + 1) * 4)
+		want *= 2;
+	node->xattr_slots = calloc(want, sizeof(*node->xattr_slots));
+	if (!node->xattr_slots)
+		return;
+	node->n_xattr_slots = want;
+	for (size_t i = 0; i < node->n_xattrs; i++)
+		node->xattr_slots[xslot_find(node, node->xattrs[i].key)] = (uint32_t)i + 1;
+	node->used_xattr_slots = node->n_xattrs;
+}
+
+/* Index the xattr just appended (the last one). */
+static void xindex_add(struct cfs_node *node)
+{
+	size_t i = node->n_xattrs - 1;
+
+	if (!node->xattr_slots && node->n_xattrs < XATTR_INDEX_MIN)
+		return;
+	/* Keep at least half of the slots empty (removed ones count as used). */
+	if (!node->xattr_slots || (node->used_xattr_slots + 1) * 2 > node->n_xattr_slots) {
+		xindex_build(node);
+		return;
+	}
+	node->xattr_slots[xslot_find(node, node->xattrs[i].key)] = (uint32_t)i + 1;
+	node->used_xattr_slots++;
+}
+
 static ssize_t find_xattr(const struct cfs_node *node, const char *key)
 {
+	if (node->xattr_slots) {
+		uint32_t v = node->xattr_slots[xslot_find(node, key)];
+
+		return v == XSLOT_EMPTY ? -1 : (ssize_t)v - 1;
+	}
 	for (size_t i = 0; i < node->n_xattrs; i++)
 		if (strcmp(node->xattrs[i].key, key) == 0)
 			return (ssize_t)i;
@@ -234,14 +374,20 @@ const struct cfs_xattr *cfs_node_get_xattr(const struct cfs_node *node, const ch
 int cfs_node_unset_xattr(struct cfs_node *node, const char *key)
 {
 	ssize_t i = find_xattr(node, key);
-	size_t cost;
+	size_t cost, last = node->n_xattrs - 1;
 
 	if (i < 0)
 		return -ENODATA;
 	cost = 2 * CFS_XATTR_ENTRY_COST - 1 + strlen(key) + node->xattrs[i].value_len;
+	if (node->xattr_slots) {
+		node->xattr_slots[xslot_find(node, key)] = XSLOT_GONE;
+		if ((size_t)i != last)
+			node->xattr_slots[xslot_find(node, node->xattrs[last].key)] = (uint32_t)i + 1;
+	}
 	free(node->xattrs[i].key);
 	free(node->xattrs[i].value);
-	node->xattrs[i] = node->xattrs[node->n_xattrs - 1];
+	/* The last entry moves into the freed place, as upstream's does. */
+	node->xattrs[i] = node->xattrs[last];
 	node->n_xattrs--;
 	/* Same bookkeeping as upstream, including its unsigned wrap-around:
 	 * the ibody header is only given back with the last xattr. */
@@ -252,7 +398,8 @@ int cfs_node_unset_xattr(struct cfs_node *node, const char *key)
 	return 0;
 }
 
-int cfs_node_set_xattr(struct cfs_node *node, const char *key, const void *value, size_t len)
+int cfs_node_set_xattr_limit(struct cfs_node *node, const char *key, const void *value,
+			     size_t len, size_t limit)
 {
 	size_t klen = strlen(key), cost;
 	struct cfs_xattr *xs;
@@ -268,7 +415,7 @@ int cfs_node_set_xattr(struct cfs_node *node, const char *key, const void *value
 	cost = 2 * CFS_XATTR_ENTRY_COST - 1 + klen + len;
 	if (node->n_xattrs == 0)
 		cost += CFS_XATTR_IBODY_COST;
-	if (node->xattr_budget + cost > CFS_XATTR_EXTERNAL_MAX)
+	if (node->xattr_budget + cost > limit)
 		return -ERANGE;
 
 	if (CFS_GROW(node->xattrs, node->xattrs_cap, node->n_xattrs + 1) < 0)
@@ -286,356 +433,115 @@ int cfs_node_set_xattr(struct cfs_node *node, const char *key, const void *value
 	xs[node->n_xattrs++] = (struct cfs_xattr){ .key = k, .value = v, .value_len = (uint16_t)len,
 						   .shared_off = -1 };
 	node->xattr_budget += cost;
+	xindex_add(node);
 	return 0;
 }
 
-/* ---- Scanning a directory ---------------------------------------------- */
-
-struct inode_key {
-	dev_t dev;
-	ino_t ino;
-	struct cfs_node *node;
-};
-
-struct scan {
-	unsigned flags;
-	/* Open-addressing table of multiply-linked inodes seen so far. */
-	struct inode_key *slots;
-	size_t n_slots, n_used;
-};
-
-static size_t inode_hash(dev_t dev, ino_t ino, size_t n)
+int cfs_node_set_xattr(struct cfs_node *node, const char *key, const void *value, size_t len)
 {
-	uint64_t h = (uint64_t)ino * 0x9E3779B97F4A7C15ULL ^ (uint64_t)dev * 0xC2B2AE3D27D4EB4FULL;
+	return cfs_node_set_xattr_limit(node, key, value, len, CFS_XATTR_EXTERNAL_MAX);
+}
+
+/* ---- the table of hard-linked inodes ------------------------------------- */
+
+static size_t table_hash(uint64_t a, uint64_t b, size_t n)
+{
+	uint64_t h = b * UINT64_C(0x9E3779B97F4A7C15) ^ a * UINT64_C(0xC2B2AE3D27D4EB4F);
+
 	return (size_t)(h ^ (h >> 29)) & (n - 1);
 }
 
-static int inode_table_grow(struct scan *s)
+struct cfs_node *cfs_node_table_find(const struct cfs_node_table *t, uint64_t a, uint64_t b)
 {
-	size_t n = s->n_slots ? s->n_slots * 2 : 256;
-	struct inode_key *slots = calloc(n, sizeof(*slots));
-
-	if (!slots)
-		return -ENOMEM;
-	for (size_t i = 0; i < s->n_slots; i++) {
-		struct inode_key *k = &s->slots[i];
-		if (!k->node)
-			continue;
-		size_t j = inode_hash(k->dev, k->ino, n);
-		while (slots[j].node)
-			j = (j + 1) & (n - 1);
-		slots[j] = *k;
+	if (!t->n_slots)
+		return NULL;
+	for (size_t j = table_hash(a, b, t->n_slots);; j = (j + 1) & (t->n_slots - 1)) {
+		if (!t->slots[j].node)
+			return NULL;
+		if (t->slots[j].a == a && t->slots[j].b == b)
+			return t->slots[j].node;
 	}
-	free(s->slots);
-	s->slots = slots;
-	s->n_slots = n;
-	return 0;
 }
 
-/* Find the first node seen for (dev, ino), or remember @node for it. */
-static int inode_table_find_or_add(struct scan *s, const struct stat *st, struct cfs_node *node,
-				   struct cfs_node **ret_first)
+static void table_put(struct cfs_node_table_slot *slots, size_t n, struct cfs_node_table_slot s)
 {
-	size_t j;
-	int r;
+	size_t j = table_hash(s.a, s.b, n);
 
-	if ((s->n_used + 1) * 2 > s->n_slots) {
-		r = inode_table_grow(s);
-		if (r < 0)
-			return r;
-	}
-	j = inode_hash(st->st_dev, st->st_ino, s->n_slots);
-	while (s->slots[j].node) {
-		if (s->slots[j].dev == st->st_dev && s->slots[j].ino == st->st_ino) {
-			*ret_first = s->slots[j].node;
-			return 0;
-		}
-		j = (j + 1) & (s->n_slots - 1);
-	}
-	s->slots[j] = (struct inode_key){ .dev = st->st_dev, .ino = st->st_ino, .node = node };
-	s->n_used++;
-	*ret_first = NULL;
-	return 0;
+	while (slots[j].node)
+		j = (j + 1) & (n - 1);
+	slots[j] = s;
 }
 
-static int read_xattrs(struct scan *s, int fd, struct cfs_node *node)
+int cfs_node_table_add(struct cfs_node_table *t, uint64_t a, uint64_t b, struct cfs_node *node)
 {
-	char path[64];
-	_cleanup_free_ char *list = NULL;
-	ssize_t n;
+	if ((t->n_used + 1) * 2 > t->n_slots) {
+		size_t n = t->n_slots ? t->n_slots * 2 : 256;
+		struct cfs_node_table_slot *slots = calloc(n, sizeof(*slots));
 
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	for (;;) {
-		n = listxattr(path, NULL, 0);
-		if (n < 0)
-			return errno == ENOTSUP ? 0 : -errno;
-		if (n == 0)
-			return 0;
-		free(list);
-		list = malloc((size_t)n);
-		if (!list)
+		if (!slots)
 			return -ENOMEM;
-		ssize_t m = listxattr(path, list, (size_t)n);
-		if (m >= 0) {
-			n = m;
-			break;
-		}
-		if (errno != ERANGE)
-			return -errno;
+		for (size_t i = 0; i < t->n_slots; i++)
+			if (t->slots[i].node)
+				table_put(slots, n, t->slots[i]);
+		free(t->slots);
+		t->slots = slots;
+		t->n_slots = n;
 	}
-	for (const char *it = list; it < list + n; it += strlen(it) + 1) {
-		_cleanup_free_ char *value = NULL;
-		ssize_t vlen;
-
-		if ((s->flags & CFS_SCAN_USER_XATTRS) && !cfs_has_prefix(it, "user."))
-			continue;
-		for (;;) {
-			vlen = getxattr(path, it, NULL, 0);
-			if (vlen < 0)
-				return -errno;
-			/* With size 0 getxattr() only reports the size: asking
-			 * again would take a value that grew meanwhile as the
-			 * length of a 1-byte buffer. */
-			if (vlen == 0)
-				break;
-			free(value);
-			value = malloc((size_t)vlen);
-			if (!value)
-				return -ENOMEM;
-			ssize_t m = getxattr(path, it, value, (size_t)vlen);
-			if (m >= 0) {
-				vlen = m;
-				break;
-			}
-			if (errno != ERANGE)
-				return -errno;
-		}
-		int r = cfs_node_set_xattr(node, it, value, (size_t)vlen);
-		if (r < 0)
-			return r;
-	}
+	table_put(t->slots, t->n_slots, (struct cfs_node_table_slot){ a, b, node });
+	t->n_used++;
 	return 0;
 }
 
-static char *join_path(const char *a, const char *b)
+void cfs_node_table_clear(struct cfs_node_table *t)
 {
-	if (!b)
-		return strdup(a);
-	return cfs_strdup_printf("%s%s%s", a, (*a && a[strlen(a) - 1] != '/') ? "/" : "", b);
+	free(t->slots);
+	*t = (struct cfs_node_table){ 0 };
 }
 
-/* Load the node for @name in @dirfd (metadata only). */
-static int load_node(struct scan *s, int dirfd, const char *name, struct stat *st,
-		     struct cfs_node **ret)
+/* ---- walking ---------------------------------------------------------------- */
+
+struct walk_frame {
+	struct cfs_node *node;
+	size_t next_child;
+	size_t path_len;
+};
+
+int cfs_node_walk(struct cfs_node *root, cfs_node_walk_fn fn, void *userdata)
 {
-	_cleanup_(cfs_node_freep) struct cfs_node *node = NULL;
-	_cleanup_close_ int fd = -EBADF;
+	_cleanup_free_ struct walk_frame *stack = NULL;
+	_cleanup_free_ char *path = NULL;
+	size_t depth = 0, cap = 0, path_cap = 0;
 	int r;
 
-	if (fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW) < 0)
-		return -errno;
-	node = cfs_node_new();
-	if (!node)
-		return -ENOMEM;
-	node->mode = st->st_mode;
-	node->uid = st->st_uid;
-	node->gid = st->st_gid;
-	node->rdev = (uint32_t)st->st_rdev;
-	node->size = (uint64_t)st->st_size;
-	if (!(s->flags & CFS_SCAN_USE_EPOCH)) {
-		node->mtime_sec = st->st_mtim.tv_sec;
-		node->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
-	}
-	if (S_ISLNK(st->st_mode)) {
-		char target[CFS_PATH_MAX + 1];
-		ssize_t n = readlinkat(dirfd, name, target, sizeof(target) - 1);
-		if (n < 0)
-			return -errno;
-		target[n] = '\0';
-		if (n == 0)
-			return -EINVAL;
-		r = cfs_node_set_payload(node, target);
-		if (r < 0)
-			return r;
-		node->size = (uint64_t)n;
-	}
-	if (!(s->flags & CFS_SCAN_SKIP_XATTRS)) {
-		fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-		if (fd < 0)
-			return -errno;
-		r = read_xattrs(s, fd, node);
-		if (r < 0)
-			return r;
-	}
-	*ret = steal_ptr(&node);
-	return 0;
-}
-
-static int cmp_names(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void free_names(char **names, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
-}
-
-/* Sorted entry names of the directory open at @dfd (takes @dfd). */
-static int read_dir_names(int dfd, char ***ret_names, size_t *ret_n)
-{
-	DIR *dir = fdopendir(dfd);
-	char **names = NULL;
-	size_t n = 0, cap = 0;
-	struct dirent *de;
-	int r = 0;
-
-	if (!dir) {
-		r = -errno;
-		close(dfd);
-		return r;
-	}
-	for (;;) {
-		errno = 0;
-		de = readdir(dir);
-		if (!de) {
-			r = -errno;
-			break;
-		}
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		r = CFS_GROW(names, cap, n + 1);
-		if (r < 0)
-			break;
-		names[n] = strdup(de->d_name);
-		if (!names[n]) {
-			r = -ENOMEM;
-			break;
-		}
-		n++;
-	}
-	closedir(dir);
-	if (r < 0) {
-		free_names(names, n);
-		return r;
-	}
-	if (n > 1)
-		qsort(names, n, sizeof(*names), cmp_names);
-	*ret_names = names;
-	*ret_n = n;
-	return 0;
-}
-
-/* Add the entry @name of directory @dfd (at @path) to @node. */
-static int scan_entry(struct scan *s, int dfd, struct cfs_node *node, const char *path,
-		      const char *name, char **ret_failed);
-
-/* Fill directory @node (open at @dfd, borrowed) in sorted depth-first
- * order, so that the first path of a hard-linked inode is also the first in
- * dump order. */
-static int scan_dir(struct scan *s, int dfd, struct cfs_node *node, const char *path,
-		    char **ret_failed)
-{
-	char **names = NULL;
-	size_t n = 0;
-	int dup_fd, r;
-
-	dup_fd = fcntl(dfd, F_DUPFD_CLOEXEC, 3);
-	if (dup_fd < 0)
-		r = -errno;
-	else
-		r = read_dir_names(dup_fd, &names, &n);
-	if (r < 0) {
-		*ret_failed = strdup(path);
-		return r;
-	}
-	for (size_t i = 0; i < n && r >= 0; i++)
-		r = scan_entry(s, dfd, node, path, names[i], ret_failed);
-	free_names(names, n);
-	return r;
-}
-
-static int scan_entry(struct scan *s, int dfd, struct cfs_node *node, const char *path,
-		      const char *name, char **ret_failed)
-{
-	_cleanup_(cfs_node_freep) struct cfs_node *child = NULL;
-	_cleanup_free_ char *sub = join_path(path, name);
-	struct cfs_node *first = NULL, *added;
-	struct stat st;
-	int r;
-
-	if (!sub)
-		return -ENOMEM;
-	r = load_node(s, dfd, name, &st, &child);
+	r = CFS_GROW(stack, cap, 1);
 	if (r < 0)
-		goto fail;
-	if ((s->flags & CFS_SCAN_SKIP_DEVICES) && (S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode)))
-		return 0;
-	if (!S_ISDIR(st.st_mode) && st.st_nlink > 1) {
-		r = inode_table_find_or_add(s, &st, child, &first);
+		return r;
+	stack[depth++] = (struct walk_frame){ root, 0, 0 };
+	while (depth > 0) {
+		struct walk_frame *f = &stack[depth - 1];
+		struct cfs_node *c;
+		size_t nl;
+
+		if (f->next_child >= f->node->n_children) {
+			depth--;
+			continue;
+		}
+		c = f->node->children[f->next_child++];
+		nl = strlen(c->name);
+		r = cfs_path_append(&path, &path_cap, f->path_len, c->name, nl);
 		if (r < 0)
 			return r;
-	}
-	if (first) {
-		/* A later path of an inode already in the tree: only a
-		 * directory entry, like an '@' line of a dump. */
-		cfs_node_free(child);
-		child = cfs_node_new();
-		if (!child)
-			return -ENOMEM;
-		child->mode = first->mode;
-		child->link_to = first;
-		first->nlink++;
-	}
-	r = cfs_node_add_child(node, child, name);
-	if (r < 0)
-		goto fail;
-	added = steal_ptr(&child);
-	if (S_ISDIR(st.st_mode)) {
-		_cleanup_close_ int cfd =
-			openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (cfd < 0) {
-			r = -errno;
-			goto fail;
+		r = fn(userdata, c, path);
+		if (r != 0)
+			return r;
+		if (c->n_children) {
+			size_t len = f->path_len + 1 + nl;
+
+			r = CFS_GROW(stack, cap, depth + 1);
+			if (r < 0)
+				return r;
+			stack[depth++] = (struct walk_frame){ c, 0, len };
 		}
-		return scan_dir(s, cfd, added, sub, ret_failed);
 	}
-	return 0;
-fail:
-	*ret_failed = steal_ptr(&sub);
-	return r;
-}
-
-int cfs_tree_from_dir(int dirfd, const char *path, unsigned flags, struct cfs_node **ret_root,
-		      char **ret_failed_path)
-{
-	_cleanup_(cfs_node_freep) struct cfs_node *root = NULL;
-	struct scan s = { .flags = flags };
-	char *failed = NULL;
-	struct stat st;
-	int r;
-
-	if ((flags & CFS_SCAN_SKIP_XATTRS) && (flags & CFS_SCAN_USER_XATTRS))
-		return -EINVAL;
-	r = load_node(&s, dirfd, path, &st, &root);
-	if (r >= 0 && S_ISDIR(st.st_mode)) {
-		_cleanup_close_ int dfd =
-			openat(dirfd, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (dfd < 0)
-			r = -errno;
-		else
-			r = scan_dir(&s, dfd, root, path, &failed);
-	}
-	free(s.slots);
-	if (r < 0) {
-		if (ret_failed_path)
-			*ret_failed_path = failed ? failed : strdup(path);
-		else
-			free(failed);
-		return r;
-	}
-	*ret_root = steal_ptr(&root);
 	return 0;
 }

@@ -3,8 +3,8 @@
  * libFuzzer target: parse the input as a composefs dump file and, when it
  * parses, write the image to a sink that only counts bytes.  Rejecting is
  * fine; crashing, leaking or reading out of bounds is not.  When the image
- * reader is linked in, the image is also read back and dumped again, which
- * must succeed for anything the writer produced.
+ * reader is linked in, the image is also loaded back into a tree, which
+ * must succeed for anything the writer produced, printed, and written again.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -65,14 +65,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (r >= 0 && s.buf) {
 			struct cfs_image *img = NULL;
 			FILE *null = fopen("/dev/null", "we");
+			struct sink again = { .buf = NULL };
+
 			/* What the writer produced, the reader must accept. */
 			if (cfs_img_open_mem(s.buf, s.len, 0, &img) < 0)
 				abort();
+			if (cfs_tree_from_image(img, NULL, &root, NULL) < 0)
+				abort();
 			if (null) {
-				if (cfs_img_print_dump(img, null) < 0)
+				if (cfs_dump_print(root, null) < 0)
 					abort();
 				fclose(null);
 			}
+			wo.userdata = &again;
+			(void)cfs_write_image(root, &wo, NULL);
+			cfs_node_free(root);
 			cfs_img_unref(img);
 		}
 	}

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Unit tests of the image reader (format/image.c) on the conformance images
- * and on systematically corrupted copies of them.
+ * and on systematically corrupted copies of them, and of loading an image
+ * into the writer's tree (format/tree-image.c): written again, a tree gives
+ * the image's bytes; a hostile one fails cleanly.
  *
  * Usage: test-image [CONFORMANCE_IMAGES_DIR]; without an argument the
  * directory is found from $CFS_SOURCE_DIR or relative to this source file.
@@ -22,6 +24,7 @@
 #include <openssl/sha.h>
 
 #include "cfs-image.h"
+#include "cfs-writer.h"
 #include "erofs-disk.h"
 
 #define CHECK(cond)                                                                          \
@@ -74,6 +77,34 @@ static char *image_path(const char *name)
 
 	CHECK(asprintf(&p, "%s/%s", images_dir, name) > 0);
 	return p;
+}
+
+struct wbuf {
+	uint8_t *data;
+	size_t len, cap;
+};
+
+static int wbuf_write(void *userdata, const void *p, size_t len)
+{
+	struct wbuf *b = userdata;
+
+	if (b->len + len > b->cap) {
+		b->cap = (b->len + len) * 2;
+		b->data = realloc(b->data, b->cap);
+		CHECK(b->data);
+	}
+	memcpy(b->data + b->len, p, len);
+	b->len += len;
+	return 0;
+}
+
+/* Write @root with format version @version into @out; the writer's result. */
+static int write_tree(struct cfs_node *root, uint32_t version, struct wbuf *out)
+{
+	struct cfs_write_options wo = { .min_version = version, .max_version = version,
+					.write = wbuf_write, .userdata = out };
+
+	return cfs_write_image(root, &wo, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -348,6 +379,33 @@ static void test_good_image(const char *name)
 		free(buf);
 		free(expect);
 	}
+	/* Image -> tree -> writer gives what the text round trip (dump,
+	 * parse, write) gives, and for an upstream image its bytes again. */
+	{
+		struct cfs_node *tree = NULL, *parsed = NULL;
+		struct wbuf direct = { 0 }, text = { 0 };
+		struct blob b = read_file(path);
+		char *dump = NULL, *err = NULL;
+		size_t dump_len = 0;
+		FILE *mem = open_memstream(&dump, &dump_len);
+
+		CHECK(mem);
+		CHECK_ERR(cfs_tree_from_image(img, NULL, &tree, NULL), 0);
+		CHECK_ERR(cfs_dump_print(tree, mem), 0);
+		CHECK(fclose(mem) == 0);
+		CHECK_ERR(cfs_dump_parse_mem(dump, dump_len, 0, &parsed, &err), 0);
+		CHECK_ERR(write_tree(tree, info.composefs_version, &direct), 0);
+		CHECK_ERR(write_tree(parsed, info.composefs_version, &text), 0);
+		CHECK(direct.len == text.len && memcmp(direct.data, text.data, text.len) == 0);
+		if (!strstr(name, "../"))
+			CHECK(direct.len == b.size && memcmp(direct.data, b.data, b.size) == 0);
+		cfs_node_free(tree);
+		cfs_node_free(parsed);
+		free(direct.data);
+		free(text.data);
+		free(dump);
+		free(b.data);
+	}
 	if (strstr(name, "rich-v")) {
 		/* tests/data/reader/gen-rich-dump.py: every kind of entry. */
 		CHECK(w.dirs >= 33 && w.externals >= 100 && w.with_digest >= 100 && w.links >= 100);
@@ -407,6 +465,28 @@ static int count_cb(void *userdata, const char *name, size_t namelen, uint64_t n
 	return 0;
 }
 
+/* A possibly hostile image's tree: it loads or fails cleanly, prints, and
+ * the writer writes it or refuses it cleanly. */
+static void check_loaded_tree(const struct cfs_image *img, FILE *null)
+{
+	struct cfs_node *root = NULL;
+	struct cfs_img_diag diag;
+	struct wbuf out = { 0 };
+	int r;
+
+	r = cfs_tree_from_image(img, NULL, &root, &diag);
+	CHECK(allowed(r) || r == -EFBIG);
+	if (r < 0) {
+		CHECK(root == NULL);
+		return;
+	}
+	CHECK_ERR(cfs_dump_print(root, null), 0);
+	r = write_tree(root, 1, &out);
+	CHECK(allowed(r) || r == -EFBIG || r == -ENAMETOOLONG);
+	cfs_node_free(root);
+	free(out.data);
+}
+
 /* Open a possibly corrupt image from memory and exercise everything. */
 static int exercise(const uint8_t *data, size_t size)
 {
@@ -430,7 +510,7 @@ static int exercise(const uint8_t *data, size_t size)
 	CHECK(allowed(cfs_img_walk(img, corrupt_walk_cb, img)));
 	null = fopen("/dev/null", "w");
 	CHECK(null);
-	CHECK(allowed(cfs_img_print_dump(img, null)) || cfs_img_print_dump(img, null) == -EFBIG);
+	check_loaded_tree(img, null);
 	fclose(null);
 	return 0;
 }
@@ -785,6 +865,144 @@ static int list_image(const char *path)
 	return 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* Hostile trees through the loader and the writer                      */
+
+static struct cfs_node *mknode(uint32_t mode)
+{
+	struct cfs_node *n = cfs_node_new();
+
+	CHECK(n);
+	n->mode = mode;
+	return n;
+}
+
+/* Write @root (version 1), load the image back, write that again: the same
+ * bytes.  Returns the image (malloc'ed, *ret_len bytes). */
+static uint8_t *roundtrip(struct cfs_node *root, size_t *ret_len)
+{
+	_cleanup_(cfs_img_unrefp) struct cfs_image *img = NULL;
+	struct wbuf a = { 0 }, b = { 0 };
+	struct cfs_node *tree = NULL;
+
+	CHECK_ERR(write_tree(root, 1, &a), 0);
+	CHECK_ERR(cfs_img_open_mem(a.data, a.len, 0, &img), 0);
+	CHECK_ERR(cfs_tree_from_image(img, NULL, &tree, NULL), 0);
+	CHECK_ERR(write_tree(tree, 1, &b), 0);
+	CHECK(a.len == b.len && memcmp(a.data, b.data, a.len) == 0);
+	cfs_node_free(tree);
+	free(b.data);
+	*ret_len = a.len;
+	return a.data;
+}
+
+/* A chain of directories deeper than any C stack would hold recursion
+ * over it (the writer's passes over the tree recursed). */
+static void test_deep_tree(void)
+{
+	enum { DEPTH = 200000 };
+	struct cfs_node *root = mknode(S_IFDIR | 0755), *n = root;
+	size_t len;
+
+	for (unsigned i = 0; i < DEPTH; i++) {
+		struct cfs_node *c = mknode(S_IFDIR | 0755);
+
+		CHECK_ERR(cfs_node_add_child(n, c, "d"), 0);
+		n = c;
+	}
+	free(roundtrip(root, &len));
+	cfs_node_free(root);
+}
+
+/* A huge nlink and a large binary xattr survive image -> tree -> image; the
+ * xattr's dump line is longer than the dump parser takes (the text round
+ * trip composefs-dump used to make could not rebuild such an image). */
+static void test_loader_limits(void)
+{
+	struct cfs_node *root = mknode(S_IFDIR | 0755), *f = mknode(S_IFREG | 0644), *tree = NULL;
+	_cleanup_(cfs_img_unrefp) struct cfs_image *img = NULL;
+	static uint8_t big[20000];
+	char *text = NULL, *err = NULL;
+	size_t len, text_len = 0;
+	uint8_t *data;
+	FILE *mem;
+
+	memset(big, 0xff, sizeof(big));
+	f->nlink = UINT32_MAX;
+	CHECK_ERR(cfs_node_set_xattr(f, "user.big", big, sizeof(big)), 0);
+	CHECK_ERR(cfs_node_add_child(root, f, "f"), 0);
+	data = roundtrip(root, &len);
+	CHECK_ERR(cfs_img_open_mem(data, len, 0, &img), 0);
+	CHECK_ERR(cfs_tree_from_image(img, NULL, &tree, NULL), 0);
+	f = cfs_node_lookup_child(tree, "f");
+	CHECK(f && f->nlink == UINT32_MAX && cfs_node_get_xattr(f, "user.big")->value_len == 20000);
+	mem = open_memstream(&text, &text_len);
+	CHECK(mem);
+	CHECK_ERR(cfs_dump_print(tree, mem), 0);
+	CHECK(fclose(mem) == 0);
+	cfs_node_free(tree);
+	tree = NULL;
+	CHECK(cfs_dump_parse_mem(text, text_len, 0, &tree, &err) < 0 && strstr(err, "too many xattrs"));
+	free(err);
+	free(text);
+	free(data);
+	cfs_node_free(root);
+}
+
+/* /a/b's directory entry patched to name the root: a loop.  It loads as a
+ * hard link to the root (printed as upstream does); the writer refuses it. */
+static void test_directory_loop(void)
+{
+	struct cfs_node *root = mknode(S_IFDIR | 0755), *a = mknode(S_IFDIR | 0755), *tree = NULL;
+	_cleanup_(cfs_img_unrefp) struct cfs_image *img = NULL;
+	struct cfs_inode ri, ai;
+	struct wbuf out = { 0 }, again = { 0 };
+	struct cfs_write_options wo = { .max_version = 1, .write = wbuf_write, .userdata = &again };
+	char *text = NULL, *bad = NULL;
+	size_t text_len = 0, tail, count;
+	uint64_t nid;
+	FILE *mem;
+
+	CHECK_ERR(cfs_node_add_child(root, a, "a"), 0);
+	CHECK_ERR(cfs_node_add_child(a, mknode(S_IFDIR | 0755), "b"), 0);
+	CHECK_ERR(write_tree(root, 1, &out), 0);
+	cfs_node_free(root);
+	CHECK_ERR(cfs_img_open_mem(out.data, out.len, 0, &img), 0);
+	CHECK_ERR(cfs_img_read_inode(img, cfs_img_root_nid(img), &ri), 0);
+	CHECK_ERR(cfs_img_lookup(img, &ri, "a", 1, &nid, NULL), 0);
+	CHECK_ERR(cfs_img_read_inode(img, nid, &ai), 0);
+	CHECK(ai.datalayout == EROFS_INODE_FLAT_INLINE);
+	tail = ai.inode_off + ai.inode_isize + (ai.xattr_icount ? 12 + 4 * (ai.xattr_icount - 1) : 0);
+	count = (out.data[tail + 8] | out.data[tail + 9] << 8) / 12;
+	for (size_t i = 0; i < count; i++) {
+		uint8_t *de = out.data + tail + 12 * i;
+		size_t off = de[8] | de[9] << 8;
+
+		if (out.data[tail + off] == 'b' && (i + 1 == count || de[12 + 8] != off + 1)) {
+			for (int k = 0; k < 8; k++)
+				de[k] = (uint8_t)(ri.nid >> (8 * k));
+		}
+	}
+	img = cfs_img_unref(img);
+	CHECK_ERR(cfs_img_open_mem(out.data, out.len, 0, &img), 0);
+	CHECK_ERR(cfs_tree_from_image(img, NULL, &tree, NULL), 0);
+	a = cfs_node_lookup_child(tree, "a");
+	CHECK(a && cfs_node_lookup_child(a, "b")->link_to == tree);
+	mem = open_memstream(&text, &text_len);
+	CHECK(mem);
+	CHECK_ERR(cfs_dump_print(tree, mem), 0);
+	CHECK(fclose(mem) == 0);
+	CHECK(strstr(text, "\n/a/b ") && strstr(strstr(text, "\n/a/b "), " @40755 "));
+	wo.ret_error_path = &bad;
+	CHECK_ERR(cfs_write_image(tree, &wo, NULL), -EINVAL);
+	CHECK(bad && strcmp(bad, "/a/b") == 0);
+	free(bad);
+	free(text);
+	free(again.data);
+	cfs_node_free(tree);
+	free(out.data);
+}
+
 static bool is_dir(const char *p)
 {
 	struct stat st;
@@ -841,6 +1059,9 @@ int main(int argc, char **argv)
 	test_xattr_filter();
 	test_owned_copy();
 	test_threads();
+	test_deep_tree();
+	test_loader_limits();
+	test_directory_loop();
 	/* Small images: flip every metadata byte (header, superblock, inodes,
 	 * xattrs, inline directories; the data blocks follow). */
 	test_corruptions("no-newline.cfs", 12288);

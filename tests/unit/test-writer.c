@@ -17,6 +17,7 @@
 #include "cas.h"
 #include "cfs-image.h"
 #include "cfs-writer.h"
+#include "writer-internal.h" /* cfs_node_unset_xattr() */
 
 struct buf {
 	uint8_t *data;
@@ -229,6 +230,41 @@ static void test_xattr_budget(void)
 	cfs_node_free(n);
 }
 
+/* Many xattrs on one node go through the index by name: replacing moves
+ * the last one into the freed place (upstream's order), removing frees the
+ * name, and lookups agree with the array throughout. */
+static void test_xattr_index(void)
+{
+	enum { N = 1500 }; /* within the 32767-byte budget */
+	struct cfs_node *n = mk(S_IFREG | 0644, 0);
+	char key[32];
+
+	for (unsigned i = 0; i < N; i++) {
+		snprintf(key, sizeof(key), "user.k%u", i);
+		assert(cfs_node_set_xattr(n, key, "v", 1) == 0);
+	}
+	assert(n->n_xattrs == N);
+	assert(cfs_node_set_xattr(n, "user.k5", "new", 3) == 0); /* k1499 takes its place */
+	assert(strcmp(n->xattrs[5].key, "user.k1499") == 0);
+	assert(strcmp(n->xattrs[N - 1].key, "user.k5") == 0);
+	for (unsigned i = 0; i < N; i += 2) {
+		snprintf(key, sizeof(key), "user.k%u", i);
+		assert(cfs_node_unset_xattr(n, key) == 0);
+		assert(cfs_node_unset_xattr(n, key) == -ENODATA);
+	}
+	assert(n->n_xattrs == N / 2);
+	for (unsigned i = 0; i < N; i++) {
+		const struct cfs_xattr *x;
+
+		snprintf(key, sizeof(key), "user.k%u", i);
+		x = cfs_node_get_xattr(n, key);
+		assert(i % 2 ? x && strcmp(x->key, key) == 0 && x->value_len == (i == 5 ? 3 : 1) : !x);
+	}
+	for (size_t i = 0; i < n->n_xattrs; i++)
+		assert(cfs_node_get_xattr(n, n->xattrs[i].key) == &n->xattrs[i]);
+	cfs_node_free(n);
+}
+
 static void test_parse_errors(void)
 {
 	expect_parse_error("", "no files");
@@ -369,6 +405,7 @@ int main(void)
 	test_api_equals_dump();
 	test_versions_and_errors();
 	test_xattr_budget();
+	test_xattr_index();
 	test_parse_errors();
 	test_link_chain();
 	test_store_import_checks_copy();
