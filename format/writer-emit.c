@@ -137,8 +137,8 @@ static int write_dir(struct wctx *w, const struct cfs_node *dir, bool blocks, bo
 
 	for (size_t i = 0; i < dir->n_children; i++) {
 		size_t len = sizeof(struct erofs_disk_dirent) + strlen(dir->children[i]->name);
-		if (used + len > BLKSZ) {
-			if (blocks && (r = write_dirents(w, dir, first, i - first, BLKSZ)) < 0)
+		if (used + len > CFS_BLKSZ) {
+			if (blocks && (r = write_dirents(w, dir, first, i - first, CFS_BLKSZ)) < 0)
 				return r;
 			written++;
 			used = 0;
@@ -147,7 +147,7 @@ static int write_dir(struct wctx *w, const struct cfs_node *dir, bool blocks, bo
 		used += len;
 	}
 	if (written < dir->w_n_blocks) {
-		if (blocks && (r = write_dirents(w, dir, first, dir->n_children - first, BLKSZ)) < 0)
+		if (blocks && (r = write_dirents(w, dir, first, dir->n_children - first, CFS_BLKSZ)) < 0)
 			return r;
 		used = 0;
 		first = dir->n_children;
@@ -186,7 +186,7 @@ static int write_inode(struct wctx *w, struct cfs_node *node)
 
 	switch (type) {
 	case S_IFDIR:
-		size = (uint64_t)node->w_n_blocks * BLKSZ + node->w_tailsize;
+		size = (uint64_t)node->w_n_blocks * CFS_BLKSZ + node->w_tailsize;
 		break;
 	case S_IFREG:
 		size = node->size;
@@ -196,8 +196,8 @@ static int write_inode(struct wctx *w, struct cfs_node *node)
 		break;
 	}
 	if ((type == S_IFDIR || type == S_IFREG || type == S_IFLNK) && node->w_n_blocks > 0) {
-		i_u = (uint32_t)(w->data_next / BLKSZ);
-		w->data_next += (uint64_t)BLKSZ * node->w_n_blocks;
+		i_u = (uint32_t)(w->data_next / CFS_BLKSZ);
+		w->data_next += (uint64_t)CFS_BLKSZ * node->w_n_blocks;
 	}
 	if (type == S_IFCHR || type == S_IFBLK)
 		i_u = node->rdev;
@@ -207,7 +207,7 @@ static int write_inode(struct wctx *w, struct cfs_node *node)
 		layout = EROFS_INODE_CHUNK_BASED;
 		/* The chunk format shares i_u with the block address: upstream
 		 * stores both, the format in the low 16 bits. */
-		i_u = (i_u & 0xffff0000U) | (uint16_t)(bits - BLKSZ_BITS);
+		i_u = (i_u & 0xffff0000U) | (uint16_t)(bits - CFS_BLKSZ_BITS);
 	}
 
 	cfs_writer_xattr_counts(node, &n_shared, &inline_size);
@@ -267,7 +267,7 @@ static int write_inode(struct wctx *w, struct cfs_node *node)
 		for (size_t i = 0; i < node->n_xattrs; i++) {
 			if (node->xattrs[i].shared_off < 0)
 				continue;
-			uint32_t id = htole32((uint32_t)((w->inodes_end % BLKSZ +
+			uint32_t id = htole32((uint32_t)((w->inodes_end % CFS_BLKSZ +
 							  (uint64_t)node->xattrs[i].shared_off) / 4));
 			r = out_write(w, &id, sizeof(id));
 			if (r < 0)
@@ -311,7 +311,7 @@ static int write_data(struct wctx *w, const struct cfs_node *node)
 	if (node->w_n_blocks == 0)
 		return 0;
 	if (type == S_IFREG && !node->content)
-		return write_null_chunks(w, BLKSZ / 4);
+		return write_null_chunks(w, CFS_BLKSZ / 4);
 	if (type == S_IFREG)
 		data = node->content;
 	else if (type == S_IFLNK)
@@ -319,11 +319,11 @@ static int write_data(struct wctx *w, const struct cfs_node *node)
 	else
 		return 0;
 	for (uint32_t b = 0; b < node->w_n_blocks; b++) {
-		uint64_t off = (uint64_t)b * BLKSZ;
+		uint64_t off = (uint64_t)b * CFS_BLKSZ;
 		uint64_t len = node->size > off ? node->size - off : 0;
-		if (len > BLKSZ)
-			len = BLKSZ;
-		if ((r = out_write(w, data + off, (size_t)len)) < 0 || (r = out_align(w, BLKSZ)) < 0)
+		if (len > CFS_BLKSZ)
+			len = CFS_BLKSZ;
+		if ((r = out_write(w, data + off, (size_t)len)) < 0 || (r = out_align(w, CFS_BLKSZ)) < 0)
 			return r;
 	}
 	return 0;
@@ -337,18 +337,18 @@ static int write_all(struct wctx *w)
 		.flags = htole32(w->has_acl ? CFS_HEADER_FLAGS_HAS_ACL : 0),
 		.composefs_version = htole32(w->version),
 	};
-	uint64_t data_start = round_up_u64(w->inodes_end + w->shared_size, BLKSZ);
+	uint64_t data_start = round_up_u64(w->inodes_end + w->shared_size, CFS_BLKSZ);
 	struct erofs_disk_super sb = {
 		.magic = htole32(EROFS_SUPER_MAGIC_V1),
 		.feature_compat = htole32(EROFS_FEATURE_COMPAT_MTIME | EROFS_FEATURE_COMPAT_XATTR_FILTER),
-		.blkszbits = BLKSZ_BITS,
+		.blkszbits = CFS_BLKSZ_BITS,
 		.root_nid = htole16((uint16_t)w->root->w_nid),
 		.inos = htole64(w->n_inodes),
 		.build_time = htole64((uint64_t)w->min_mtime_sec),
 		.build_time_nsec = htole32(w->min_mtime_nsec),
-		.blocks = htole32((uint32_t)(data_start / BLKSZ + w->n_data_blocks)),
-		.meta_blkaddr = htole32((EROFS_SUPER_OFFSET + sizeof(struct erofs_disk_super)) / BLKSZ),
-		.xattr_blkaddr = htole32((uint32_t)(w->inodes_end / BLKSZ)),
+		.blocks = htole32((uint32_t)(data_start / CFS_BLKSZ + w->n_data_blocks)),
+		.meta_blkaddr = htole32((EROFS_SUPER_OFFSET + sizeof(struct erofs_disk_super)) / CFS_BLKSZ),
+		.xattr_blkaddr = htole32((uint32_t)(w->inodes_end / CFS_BLKSZ)),
 	};
 	int r;
 
@@ -373,7 +373,7 @@ static int write_all(struct wctx *w)
 		if (r < 0)
 			return r;
 	}
-	r = out_align(w, BLKSZ);
+	r = out_align(w, CFS_BLKSZ);
 	if (r < 0)
 		return r;
 	for (struct cfs_node *node = w->root; node; node = node->w_next) {
@@ -381,7 +381,7 @@ static int write_all(struct wctx *w)
 		if (r < 0)
 			return r;
 	}
-	if (w->written != data_start + w->n_data_blocks * BLKSZ || w->data_next != w->written)
+	if (w->written != data_start + w->n_data_blocks * CFS_BLKSZ || w->data_next != w->written)
 		return -EINVAL;
 	return out_flush(w);
 }

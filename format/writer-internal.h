@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cfs-image.h" /* CFS_BLKSZ */
 #include "cfs-writer.h"
 #include "erofs-disk.h"
 
@@ -90,8 +91,6 @@ char *cfs_strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2
 
 /* ---- the image writer's own (writer.c, writer-layout.c, writer-emit.c) -- */
 
-#define BLKSZ 4096U
-#define BLKSZ_BITS 12
 #define SLOTSZ EROFS_SLOTSIZE
 
 static inline uint64_t round_up_u64(uint64_t x, uint64_t a)
@@ -115,10 +114,10 @@ static inline void cfs_writer_chunking(uint64_t size, unsigned *ret_bits, uint64
 {
 	unsigned bits = cfs_ilog2_u64(size - 1) + 1;
 
-	if (bits < BLKSZ_BITS)
-		bits = BLKSZ_BITS;
-	if (bits - BLKSZ_BITS > EROFS_CHUNK_FORMAT_BLKBITS_MASK)
-		bits = EROFS_CHUNK_FORMAT_BLKBITS_MASK + BLKSZ_BITS;
+	if (bits < CFS_BLKSZ_BITS)
+		bits = CFS_BLKSZ_BITS;
+	if (bits - CFS_BLKSZ_BITS > EROFS_CHUNK_FORMAT_BLKBITS_MASK)
+		bits = EROFS_CHUNK_FORMAT_BLKBITS_MASK + CFS_BLKSZ_BITS;
 	*ret_bits = bits;
 	/* Wraps for sizes near 2^64 exactly as upstream's DIV_ROUND_UP. */
 	*ret_count = (size + (UINT64_C(1) << bits) - 1) >> bits;

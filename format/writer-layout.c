@@ -193,14 +193,14 @@ static void dir_size(struct cfs_node *node)
 
 	for (size_t i = 0; i < node->n_children; i++) {
 		size_t len = sizeof(struct erofs_disk_dirent) + strlen(node->children[i]->name);
-		if (used + len > BLKSZ) {
+		if (used + len > CFS_BLKSZ) {
 			n_blocks++;
 			used = 0;
 		}
 		used += len;
 	}
 	/* Never inline more than half a block. */
-	if (used > BLKSZ / 2) {
+	if (used > CFS_BLKSZ / 2) {
 		n_blocks++;
 		used = 0;
 	}
@@ -222,9 +222,9 @@ static void data_size(struct cfs_node *node)
 		if (node->size == 0)
 			break;
 		if (node->content) {
-			node->w_n_blocks = (uint32_t)(node->size / BLKSZ);
-			node->w_tailsize = (uint32_t)(node->size % BLKSZ);
-			if (node->w_tailsize > BLKSZ / 2) {
+			node->w_n_blocks = (uint32_t)(node->size / CFS_BLKSZ);
+			node->w_tailsize = (uint32_t)(node->size % CFS_BLKSZ);
+			if (node->w_tailsize > CFS_BLKSZ / 2) {
 				node->w_n_blocks++;
 				node->w_tailsize = 0;
 			}
@@ -244,7 +244,7 @@ static void data_size(struct cfs_node *node)
 static uint64_t inode_data_size(const struct cfs_node *node)
 {
 	if (cfs_node_is_dir(node))
-		return (uint64_t)node->w_n_blocks * BLKSZ + node->w_tailsize;
+		return (uint64_t)node->w_n_blocks * CFS_BLKSZ + node->w_tailsize;
 	return node->size;
 }
 
@@ -265,24 +265,24 @@ static uint64_t tail_padding(struct cfs_node *node, uint64_t pos, size_t isize, 
 	if ((node->mode & S_IFMT) == S_IFLNK) {
 		/* Symlinks keep the inode and its target in one block;
 		 * a target that cannot fit goes to a data block. */
-		if (total / BLKSZ > 0) {
+		if (total / CFS_BLKSZ > 0) {
 			node->w_n_blocks++;
 			node->w_tailsize = 0;
 		}
-		if (pos / BLKSZ != (pos + total - 1) / BLKSZ)
-			return round_up_u64(pos, BLKSZ) - pos;
+		if (pos / CFS_BLKSZ != (pos + total - 1) / CFS_BLKSZ)
+			return round_up_u64(pos, CFS_BLKSZ) - pos;
 		return 0;
 	}
-	room = BLKSZ - (pos + head) % BLKSZ;
+	room = CFS_BLKSZ - (pos + head) % CFS_BLKSZ;
 	if (room >= node->w_tailsize)
 		return 0;
 	pad = round_up_u64(room, SLOTSZ);
-	room = BLKSZ - (pos + head + pad) % BLKSZ;
+	room = CFS_BLKSZ - (pos + head + pad) % CFS_BLKSZ;
 	if (node->w_tailsize <= room)
 		return pad;
 	node->w_n_blocks++;
 	node->w_tailsize = 0;
-	return round_up_u64(pos, BLKSZ) - pos;
+	return round_up_u64(pos, CFS_BLKSZ) - pos;
 }
 
 void cfs_writer_place_inodes(struct wctx *w)
